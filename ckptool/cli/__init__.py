@@ -1,0 +1,1 @@
+"""The typer CLI: parses options and renders library results; no logic of its own."""

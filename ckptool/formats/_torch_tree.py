@@ -1,0 +1,275 @@
+"""Shared by the torch readers: turn the recorded object tree into a Checkpoint.
+
+Locates the model state_dict inside training checkpoints, validates every tensor against the bytes its
+storage really has, and summarises the other top-level entries. All walks are iterative and budgeted, so
+a pickle whose memo makes a huge DAG ("billion laughs") cannot blow up time or memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from .. import dtypes
+from ..checkpoint import Checkpoint, StorageInfo, TensorInfo
+from ..errors import CorruptFileError, KeyNotFoundError
+from .unpickler import Opaque, PickledDict, StorageRef, TensorRecord
+
+# Keys under which training code conventionally keeps the model weights, most specific first.
+CONVENTIONAL_KEYS = (
+    "state_dict",
+    "model_state_dict",
+    "model_state",
+    "model",
+    "net",
+    "network",
+    "module",
+    "ema",
+    "model_ema",
+    "state_dict_ema",
+    "ema_state_dict",
+    "params",
+    "weights",
+    "generator",
+    "student",
+    "teacher",
+)
+WALK_BUDGET = 2_000_000
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def _children(obj: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield str(k), v
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield str(i), v
+    elif isinstance(obj, Opaque) and obj.fields:
+        yield from ((str(k), v) for k, v in obj.fields.items())
+
+
+def count_tensors(obj: Any, budget: int = WALK_BUDGET) -> int:
+    """Distinct tensor records reachable from obj (a DAG walk with a node budget)."""
+    seen: set[int] = set()
+    todo = [obj]
+    n = 0
+    while todo:
+        cur = todo.pop()
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if len(seen) > budget:
+            raise CorruptFileError("object graph is larger than ckptool's walk budget")
+        if isinstance(cur, TensorRecord):
+            n += 1
+        else:
+            todo.extend(v for _, v in _children(cur))
+    return n
+
+
+def _direct_tensors(obj: Any) -> int:
+    return sum(isinstance(v, TensorRecord) for v in obj.values()) if isinstance(obj, dict) else 0
+
+
+def _tensor_dicts(root: Any, max_depth: int = 4) -> list[tuple[list[str], PickledDict]]:
+    """Every dict (path, dict) holding tensors directly, breadth-first, to a bounded depth."""
+    out = []
+    seen: set[int] = set()
+    level: list[tuple[list[str], Any]] = [([], root)]
+    for _ in range(max_depth + 1):
+        nxt: list[tuple[list[str], Any]] = []
+        for path, obj in level:
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if len(seen) > WALK_BUDGET:
+                raise CorruptFileError("object graph is larger than ckptool's walk budget")
+            if _direct_tensors(obj):
+                out.append((path, obj))
+            nxt.extend(([*path, k], v) for k, v in _children(obj) if isinstance(v, (dict, list, tuple, Opaque)))
+        level = nxt
+    return out
+
+
+def follow_key(root: Any, key: str, path: str) -> tuple[list[str], Any]:
+    """Follow a user's --key: a key of the root, or a dotted path (``model.ema``). Exact keys win."""
+    cur, segs, rest = root, [], key
+    while rest:
+        if isinstance(cur, dict) and rest in {str(k) for k in cur}:
+            segs.append(rest)
+            cur = next(v for k, v in cur.items() if str(k) == rest)
+            return segs, cur
+        head, dot, tail = rest.partition(".")
+        children = dict(_children(cur))
+        if head not in children:
+            avail = ", ".join(list(children)[:12]) or "nothing"
+            raise KeyNotFoundError(f"--key {key!r}: no entry {head!r} (available here: {avail})", path=path)
+        segs.append(head)
+        cur = children[head]
+        rest = tail if dot else ""
+    return segs, cur
+
+
+def locate_state_dict(root: Any, key: str | None, path: str) -> tuple[list[str], Any]:
+    """(path segments, the mapping) of the model weights in ``root``."""
+    if key:
+        segs, obj = follow_key(root, key, path)
+        if not _direct_tensors(obj) and not isinstance(obj, TensorRecord):
+            raise KeyNotFoundError(f"--key {key!r} holds no tensors", path=path)
+        return segs, obj
+    if isinstance(root, dict) and _direct_tensors(root):
+        nested = any(isinstance(v, dict) and _direct_tensors(v) for v in root.values())
+        if not nested:
+            return [], root
+    found = _tensor_dicts(root)
+    if not found:
+        return [], root
+    conventional = [f for f in found if f[0] and f[0][-1] in CONVENTIONAL_KEYS]
+    pool = conventional or found
+
+    # most tensors wins; at equal counts the shallower / more conventional path wins
+    def rank(item: tuple[list[str], PickledDict]) -> tuple[int, int, int]:
+        segs, d = item
+        conv = CONVENTIONAL_KEYS.index(segs[-1]) if segs and segs[-1] in CONVENTIONAL_KEYS else len(CONVENTIONAL_KEYS)
+        return (_direct_tensors(d), -len(segs), -conv)
+
+    return max(pool, key=rank)
+
+
+def summarize(value: Any) -> str:
+    if isinstance(value, TensorRecord):
+        return f"tensor {list(value.shape)} {value.dtype}"
+    if isinstance(value, bool) or value is None or isinstance(value, (int, float, complex)):
+        return repr(value)
+    if isinstance(value, str):
+        return value if len(value) <= 60 else value[:57] + "..."
+    if isinstance(value, (bytes, bytearray)):
+        return f"{len(value)} bytes"
+    if isinstance(value, (dict, list, tuple, set, frozenset)):
+        text = plural(len(value), "entry", "entries")
+        n = count_tensors(value) if isinstance(value, (dict, list, tuple)) else 0
+        return text + (f", {plural(n, 'tensor')}" if n else "")
+    if isinstance(value, Opaque):
+        return value.kind if value.value is None else repr(value.value)
+    return type(value).__name__
+
+
+def _flatten(obj: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    """(dotted name, tensor) for every tensor reachable from obj, first path wins."""
+    seen: set[int] = set()
+    todo: list[tuple[str, Any]] = [(prefix, obj)]
+    while todo:
+        name, cur = todo.pop()
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if len(seen) > WALK_BUDGET:
+            raise CorruptFileError("object graph is larger than ckptool's walk budget")
+        if isinstance(cur, TensorRecord):
+            yield name, cur
+            continue
+        kids = [(f"{name}.{k}" if name else k, v) for k, v in _children(cur)]
+        todo.extend(reversed(kids))
+
+
+def build_checkpoint(
+    root: Any,
+    storages: dict[str, StorageInfo],
+    *,
+    path: str,
+    fmt: str,
+    key: str | None,
+    metadata: dict[str, Any] | None = None,
+) -> Checkpoint:
+    segs, sd = locate_state_dict(root, key, path)
+    notes: list[str] = []
+    if isinstance(sd, dict) and _direct_tensors(sd):
+        items = [(str(k), v) for k, v in sd.items()]
+        skipped = [k for k, v in items if not isinstance(v, TensorRecord)]
+        if skipped:
+            notes.append(
+                f"{plural(len(skipped), 'non-tensor entry', 'non-tensor entries')} in the state_dict: {', '.join(skipped[:5])}"
+            )
+        pairs = [(k, v) for k, v in items if isinstance(v, TensorRecord)]
+    elif isinstance(sd, TensorRecord):
+        pairs = [(segs[-1] if segs else "tensor", sd)]
+    else:
+        pairs = list(_flatten(sd, ""))
+        if pairs:
+            notes.append("no state_dict mapping found: listing every tensor by its path in the object")
+    tensors = [to_tensor_info(name, rec, storages, path) for name, rec in pairs]
+
+    extras: dict[str, str] = {}
+    if segs and isinstance(root, dict):
+        for k, v in root.items():
+            if str(k) != segs[0]:
+                extras[str(k)] = summarize(v)
+    elif not segs and isinstance(root, dict) and tensors:
+        for k, v in root.items():
+            if not isinstance(v, TensorRecord):
+                extras[str(k)] = summarize(v)
+    sd_key = ".".join(segs) if segs else None
+    ck = Checkpoint(
+        path=path, format=fmt, tensors=tensors, state_dict_key=sd_key, extras=extras,
+        metadata=metadata or {}, notes=notes, root=root,
+    )  # fmt: skip
+    if isinstance(sd, PickledDict) and isinstance(sd.state, dict) and "_metadata" in sd.state:
+        ck.metadata["has_module_metadata"] = True
+    return ck
+
+
+def to_tensor_info(name: str, rec: TensorRecord, storages: dict[str, StorageInfo], path: str) -> TensorInfo:
+    ref: StorageRef = rec.storage
+    offset = rec.storage_offset
+    key = ref.key
+    if ref.view_of is not None:
+        key = ref.view_of
+        offset += ref.view_offset
+    st = storages.get(key)
+    if st is None:
+        raise CorruptFileError(f"tensor {name!r} refers to storage {key!r}, which the file does not contain", path=path)
+    t = TensorInfo(
+        name=name, dtype=rec.dtype, shape=rec.shape, storage=st, storage_offset=offset,
+        stride=None if rec.stride == TensorInfo(name, rec.dtype, rec.shape).contiguous_stride else rec.stride,
+        is_parameter=rec.is_parameter, requires_grad=rec.requires_grad,
+    )  # fmt: skip
+    lo, hi = t.span()
+    if lo < 0 or hi * t.itemsize > st.nbytes:
+        raise CorruptFileError(
+            f"tensor {name!r} ({list(t.shape)}, {t.dtype}) reaches element {hi} but its storage {key!r} holds "
+            f"{st.nbytes // max(dtypes.lookup(t.dtype).itemsize, 1)}: the file lies about its sizes",
+            path=path,
+        )
+    return t
+
+
+def storage_ref(pid: Any, *, legacy: bool) -> StorageRef:
+    """Decode a persistent id tuple into a StorageRef (validated, never trusted)."""
+    if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
+        raise CorruptFileError(f"unexpected persistent id {str(pid)[:80]}")
+    want = 6 if legacy else 5
+    if len(pid) != want:
+        raise CorruptFileError(f"storage persistent id has {len(pid)} fields, expected {want}")
+    cls, key, location, numel = pid[1], pid[2], pid[3], pid[4]
+    from .unpickler import DTypeOrStorage
+
+    if not isinstance(cls, DTypeOrStorage) or (
+        cls.name not in dtypes.BY_STORAGE and cls.name not in ("UntypedStorage", "TypedStorage")
+    ):
+        raise CorruptFileError(f"storage class {cls!r} is not a storage type")
+    dt = dtypes.BY_STORAGE.get(cls.name, dtypes.BY_NAME["uint8"]).name
+    if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+        raise CorruptFileError("storage persistent id has a bad key or size")
+    loc = location if isinstance(location, str) else str(location)
+    if legacy and pid[5] is not None:
+        view = pid[5]
+        if not (isinstance(view, tuple) and len(view) == 3 and isinstance(view[1], int)):
+            raise CorruptFileError("bad legacy storage view metadata")
+        return StorageRef(
+            key=str(view[0]), dtype=dt, numel=int(view[2]), location=loc, view_of=key, view_offset=view[1]
+        )
+    return StorageRef(key=key, dtype=dt, numel=numel, location=loc)

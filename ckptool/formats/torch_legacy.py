@@ -1,0 +1,88 @@
+"""torch legacy files (``torch.save`` before 1.6; torchvision's 2017 VGG files), header-only.
+
+Layout: pickles of the magic number, protocol version, sys_info, the object (with storage persistent ids),
+the list of storage keys; then for each key in that list's order an 8-byte little-endian element count
+followed by the raw bytes. Storage offsets are computed by walking the counts, never by reading data.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from .. import dtypes
+from ..checkpoint import ByteSource, Checkpoint, StorageInfo
+from ..errors import CorruptFileError, UnsupportedFormatError
+from . import unpickler
+from ._torch_tree import build_checkpoint, storage_ref
+
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+PROTOCOL_VERSION = 1001
+
+
+def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
+    where = f"{path}: legacy header"
+    magic, pos = unpickler.load(mm, 0, where=where)
+    if magic != MAGIC_NUMBER:
+        raise UnsupportedFormatError("a pickle file, but not one written by torch.save", path=path)
+    proto, pos = unpickler.load(mm, pos, where=where)
+    if proto != PROTOCOL_VERSION:
+        raise CorruptFileError(f"legacy protocol version {proto!r}, expected {PROTOCOL_VERSION}", path=path)
+    sys_info, pos = unpickler.load(mm, pos, where=where)
+    if not isinstance(sys_info, dict):
+        raise CorruptFileError("legacy sys_info is not a dict", path=path)
+    little = sys_info.get("little_endian", True)
+    type_sizes = sys_info.get("type_sizes", {})
+    refs: dict[str, Any] = {}
+
+    def persistent_load(pid: Any) -> Any:
+        ref = storage_ref(pid, legacy=True)
+        root_key = ref.view_of or ref.key
+        if ref.view_of is not None:
+            base_numel = pid[4]
+            refs.setdefault(root_key, storage_ref((*pid[:5], None), legacy=True))
+            if ref.view_offset < 0 or ref.view_offset + ref.numel > base_numel:
+                raise CorruptFileError(f"storage view {ref.key!r} lies outside its storage", path=path)
+        else:
+            refs.setdefault(root_key, ref)
+        return ref
+
+    root, pos = unpickler.load(mm, pos, persistent_load=persistent_load, where=f"{path}: object pickle")
+    keys, pos = unpickler.load(mm, pos, where=f"{path}: storage key list")
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise CorruptFileError("legacy storage key list is not a list of strings", path=path)
+    if set(keys) != set(refs):
+        missing = sorted(set(refs) - set(keys))[:3]
+        raise CorruptFileError(f"storage key list does not match the object's storages (missing {missing})", path=path)
+
+    storages: dict[str, StorageInfo] = {}
+    size = len(mm)
+    for k in keys:
+        ref = refs[k]
+        item = dtypes.lookup(ref.dtype).itemsize
+        if pos + 8 > size:
+            raise CorruptFileError(f"file ends before storage {k!r} (truncated?)", path=path)
+        (count,) = struct.unpack("<q" if little else ">q", mm[pos : pos + 8])
+        if count != ref.numel:
+            raise CorruptFileError(
+                f"storage {k!r} declares {ref.numel} elements but its record says {count}", path=path
+            )
+        start = pos + 8
+        nbytes = count * item
+        if start + nbytes > size:
+            raise CorruptFileError(
+                f"storage {k!r} needs {nbytes} bytes at offset {start} but the file ends at {size} (truncated?)",
+                path=path,
+            )
+        storages[k] = StorageInfo(k, ref.dtype, ref.numel, ref.location, ByteSource(path, start, nbytes))
+        pos = start + nbytes
+
+    meta: dict[str, Any] = {"type_sizes": type_sizes, "byteorder": "little" if little else "big"}
+    ck = build_checkpoint(root, storages, path=path, fmt="torch-legacy", key=key, metadata=meta)
+    ck.byteorder = "little" if little else "big"
+    if pos < size:
+        ck.notes.append(f"{size - pos} bytes after the last storage")
+    locs = sorted({s.location for s in storages.values()} - {"cpu"})
+    if locs:
+        ck.metadata["storage_locations"] = locs
+    return ck

@@ -1,0 +1,135 @@
+"""torch zip archives (``torch.save`` since 1.6) and TorchScript archives, header-only.
+
+Reads the zip central directory, ``<prefix>/data.pkl`` (through the restricted unpickler) and
+``<prefix>/byteorder``. Tensor bytes are located (member, absolute file offset) but not read.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from typing import Any
+
+from .. import dtypes
+from ..checkpoint import ByteSource, Checkpoint, StorageInfo
+from ..errors import CorruptFileError, UnsupportedFormatError
+from . import unpickler
+from ._torch_tree import build_checkpoint, storage_ref
+
+MAX_PICKLE_BYTES = 1 << 30
+
+
+def _open_zip(path: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise CorruptFileError(f"not a valid zip archive ({e}); the file may be truncated", path=path) from None
+    except (OSError, ValueError, EOFError, struct.error, NotImplementedError) as e:
+        raise CorruptFileError(f"cannot read the zip directory ({e})", path=path) from None
+
+
+def find_prefix(names: list[str], path: str) -> str:
+    pkl = sorted((n for n in names if n == "data.pkl" or n.endswith("/data.pkl")), key=len)
+    if not pkl:
+        hint = "a numpy .npz?" if any(n.endswith(".npy") for n in names) else None
+        raise UnsupportedFormatError("zip archive without a data.pkl: not a torch checkpoint", path=path, hint=hint)
+    return pkl[0][: -len("data.pkl")]
+
+
+def data_offset(mm: Any, info: zipfile.ZipInfo, path: str) -> int:
+    """Absolute offset of a member's data: after its *local* header (whose lengths may differ)."""
+    h = info.header_offset
+    if h < 0 or h + 30 > len(mm) or bytes(mm[h : h + 4]) != b"PK\x03\x04":
+        raise CorruptFileError(f"zip member {info.filename!r} has a bad local header", path=path)
+    name_len, extra_len = struct.unpack("<HH", mm[h + 26 : h + 30])
+    return h + 30 + name_len + extra_len
+
+
+def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
+    zf = _open_zip(path)
+    with zf:
+        infos = zf.infolist()
+        names = [i.filename for i in infos]
+        by_name = {i.filename: i for i in infos}
+        prefix = find_prefix(names, path)
+        torchscript = any(n.startswith(prefix + "code/") for n in names) or (prefix + "constants.pkl") in by_name
+        byteorder = "little"
+        if prefix + "byteorder" in by_name:
+            byteorder = _small(zf, by_name[prefix + "byteorder"], path).decode("ascii", "replace").strip()
+            if byteorder not in ("little", "big"):
+                raise CorruptFileError(f"byteorder record says {byteorder!r}", path=path)
+        pkl_info = by_name[prefix + "data.pkl"]
+        if pkl_info.file_size > min(MAX_PICKLE_BYTES, len(mm)) and pkl_info.compress_type == zipfile.ZIP_STORED:
+            raise CorruptFileError("data.pkl claims more bytes than the file has", path=path)
+        data_pkl = _member(zf, mm, pkl_info, path)
+        refs: dict[str, Any] = {}
+
+        def persistent_load(pid: Any) -> Any:
+            ref = storage_ref(pid, legacy=False)
+            prev = refs.setdefault(ref.key, ref)
+            if (
+                prev.dtype != ref.dtype
+                and prev.numel * dtypes.lookup(prev.dtype).itemsize != ref.numel * dtypes.lookup(ref.dtype).itemsize
+            ):
+                raise CorruptFileError(f"storage {ref.key!r} is declared twice with different sizes", path=path)
+            return ref
+
+        root, _ = unpickler.load(
+            data_pkl, persistent_load=persistent_load, torchscript=torchscript, where=f"{path}: data.pkl"
+        )
+
+        storages: dict[str, StorageInfo] = {}
+        for k, ref in refs.items():
+            member = f"{prefix}data/{k}"
+            info = by_name.get(member)
+            if info is None:
+                raise CorruptFileError(f"storage record {member!r} is missing from the archive", path=path)
+            need = ref.numel * dtypes.lookup(ref.dtype).itemsize
+            if info.file_size < need:
+                raise CorruptFileError(
+                    f"storage {member!r} declares {need} bytes but its record holds {info.file_size}", path=path
+                )
+            stored = info.compress_type == zipfile.ZIP_STORED
+            off = data_offset(mm, info, path)
+            if stored and off + info.file_size > len(mm):
+                raise CorruptFileError(f"storage {member!r} runs past the end of the file (truncated?)", path=path)
+            src = ByteSource(path=path, offset=off, nbytes=info.file_size, member=member, compressed=not stored)
+            storages[k] = StorageInfo(key=k, dtype=ref.dtype, numel=ref.numel, location=ref.location, source=src)
+
+    fmt = "torchscript" if torchscript else "torch-zip"
+    meta: dict[str, Any] = {"archive_prefix": prefix.rstrip("/"), "byteorder": byteorder}
+    ck = build_checkpoint(root, storages, path=path, fmt=fmt, key=key, metadata=meta)
+    ck.byteorder = byteorder
+    if torchscript:
+        ck.notes.append(
+            "TorchScript archive: parameters listed from the scripted module's attributes; code was not run"
+        )
+    locs = sorted({s.location for s in storages.values()} - {"cpu"})
+    if locs:
+        ck.metadata["storage_locations"] = locs
+    return ck
+
+
+def _small(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> bytes:
+    if info.file_size > 64:
+        raise CorruptFileError(f"{info.filename} is larger than expected", path=path)
+    try:
+        return zf.read(info)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise CorruptFileError(f"cannot read {info.filename} ({e})", path=path) from None
+
+
+def _member(zf: zipfile.ZipFile, mm: Any, info: zipfile.ZipInfo, path: str) -> Any:
+    if info.compress_type == zipfile.ZIP_STORED:
+        off = data_offset(mm, info, path)
+        if off + info.file_size > len(mm):
+            raise CorruptFileError(f"{info.filename} runs past the end of the file (truncated?)", path=path)
+        return mm[off : off + info.file_size]
+    try:
+        with zf.open(info) as fh:
+            data = fh.read(MAX_PICKLE_BYTES + 1)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
+        raise CorruptFileError(f"cannot read {info.filename} ({e})", path=path) from None
+    if len(data) > MAX_PICKLE_BYTES:
+        raise CorruptFileError(f"{info.filename} is larger than {MAX_PICKLE_BYTES} bytes", path=path)
+    return data

@@ -1,0 +1,580 @@
+"""ckptool's restricted unpickler: a pickle *interpreter* that records tensor metadata and executes nothing.
+
+It walks the opcodes with :func:`pickletools.genops` and implements the stack machine itself. Globals are
+looked up in :data:`ALLOWED` (the names a tensor checkpoint needs, like torch's ``weights_only``); the
+"call" of an allowed global runs ckptool's own recorder for it (a storage reference, a tensor record, a
+dict), never the named function. Any other global, and every opcode that could reach arbitrary code
+(``EXT*``, out-of-band buffers), stops the read with :class:`UnsafePickleError` naming it.
+
+Resource bounds: opcode count, memo size, stack size and MARK depth are capped, and reads never trust a
+length the pickle claims (the source is clamped to the bytes that exist).
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import pickletools
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import dtypes
+from ..errors import CorruptFileError, UnsafePickleError
+
+MAX_OPS = 20_000_000
+MAX_MEMO = 2_000_000
+MAX_STACK = 2_000_000
+MAX_MARK_DEPTH = 10_000
+
+
+# --------------------------------------------------------------------------------------------
+# What the recorder builds instead of torch objects
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Global:
+    """A reference to an allowed global (never the real object)."""
+
+    module: str
+    name: str
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    """A persistent-id storage reference: ('storage', <class>, key, location, numel[, view_metadata])."""
+
+    key: str
+    dtype: str
+    numel: int
+    location: str
+    view_of: str | None = None  # legacy views: the root storage key
+    view_offset: int = 0  # legacy views: element offset into the root storage
+
+
+@dataclass
+class TensorRecord:
+    storage: StorageRef
+    storage_offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: str
+    requires_grad: bool = False
+    is_parameter: bool = False
+
+
+class PickledDict(dict):  # type: ignore[type-arg]
+    """A dict that also remembers its class (dict / OrderedDict) and BUILD state (state_dict ``_metadata``)."""
+
+    kind: str = "dict"
+    state: Any = None
+
+
+@dataclass
+class Opaque:
+    """An allowed object that ckptool does not model (numpy arrays, TorchScript objects, ...)."""
+
+    kind: str
+    value: Any = None
+    state: Any = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"<{self.kind}>" if self.value is None else repr(self.value)
+
+
+# --------------------------------------------------------------------------------------------
+# The allowlist: qualified name -> recorder
+# --------------------------------------------------------------------------------------------
+def _ordered_dict(*args: Any) -> PickledDict:
+    d = PickledDict()
+    d.kind = "OrderedDict"
+    if args and args[0]:
+        for k, v in args[0]:
+            d[k] = v
+    return d
+
+
+def _as_int_tuple(x: Any, what: str) -> tuple[int, ...]:
+    if isinstance(x, (tuple, list)) and all(isinstance(i, int) and not isinstance(i, bool) for i in x):
+        return tuple(x)
+    raise CorruptFileError(f"tensor {what} is not a tuple of ints: {type(x).__name__}")
+
+
+def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: str | None = None) -> TensorRecord:
+    if not isinstance(storage, StorageRef):
+        raise CorruptFileError("tensor rebuild without a storage reference")
+    if not isinstance(offset, int) or offset < 0:
+        raise CorruptFileError("tensor storage offset is not a non-negative int")
+    shape = _as_int_tuple(size, "size")
+    strides = _as_int_tuple(stride, "stride")
+    if len(shape) != len(strides) or any(d < 0 for d in shape):
+        raise CorruptFileError("tensor size and stride disagree")
+    return TensorRecord(storage, offset, shape, strides, dtype or storage.dtype)
+
+
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any) -> TensorRecord:
+    return _tensor(storage, offset, size, stride)
+
+
+def _rebuild_tensor_v2(
+    storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False, *_: Any
+) -> TensorRecord:
+    t = _tensor(storage, offset, size, stride)
+    t.requires_grad = bool(requires_grad)
+    return t
+
+
+def _rebuild_tensor_v3(
+    storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, dtype: Any, *_: Any
+) -> TensorRecord:
+    name = dtype.name if isinstance(dtype, Global) else None
+    if name is None:
+        raise CorruptFileError("_rebuild_tensor_v3 without a dtype")
+    t = _tensor(storage, offset, size, stride, dtypes.lookup(name).name)
+    t.requires_grad = bool(requires_grad)
+    return t
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any = False, *_: Any) -> Any:
+    if isinstance(data, TensorRecord):
+        data.is_parameter = True
+        data.requires_grad = bool(requires_grad)
+    return data
+
+
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+    if not (isinstance(new_type, Global) and new_type.qualname in ("torch.Tensor", "torch.nn.parameter.Parameter")):
+        name = new_type.qualname if isinstance(new_type, Global) else type(new_type).__name__
+        raise UnsafePickleError(f"tensor subclass {name} is not allowed", global_name=name)
+    if not isinstance(func, Global) or func.qualname not in ALLOWED:
+        raise UnsafePickleError("_rebuild_from_type_v2 with a non-allowed function")
+    return call(func, tuple(args))
+
+
+def _size(*args: Any) -> tuple[Any, ...]:
+    return tuple(args[0]) if args else ()
+
+
+def _device(*args: Any) -> str:
+    if not args:
+        return "cpu"
+    if len(args) >= 2 and args[1] is not None:
+        return f"{args[0]}:{args[1]}"
+    return str(args[0])
+
+
+def _codecs_encode(obj: Any, encoding: Any = "utf-8", *_: Any) -> bytes:
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
+        raise CorruptFileError("_codecs.encode with unexpected arguments")
+    return obj.encode(encoding)
+
+
+_NP_SCALAR_FORMATS = {"f8": "<d", "f4": "<f", "i8": "<q", "i4": "<i", "i2": "<h", "i1": "<b", "u1": "<B", "b1": "<?"}
+
+
+def _np_dtype(*args: Any) -> Opaque:
+    return Opaque("numpy.dtype", value=str(args[0]) if args else None)
+
+
+def _np_scalar(dt: Any, data: Any = None) -> Any:
+    code = dt.value if isinstance(dt, Opaque) else None
+    if isinstance(code, str) and isinstance(data, bytes):
+        fmt = _NP_SCALAR_FORMATS.get(code.lstrip("<=|"))
+        if fmt and struct.calcsize(fmt) == len(data):
+            return struct.unpack(fmt, data)[0]
+    return Opaque("numpy scalar")
+
+
+def _np_reconstruct(*_: Any) -> Opaque:
+    return Opaque("numpy.ndarray")
+
+
+def _container(kind: type) -> Callable[..., Any]:
+    def make(*args: Any) -> Any:
+        if not args:
+            return kind()
+        try:
+            return kind(args[0])
+        except TypeError as e:
+            raise CorruptFileError(f"cannot rebuild {kind.__name__}: {e}") from None
+
+    return make
+
+
+@dataclass(frozen=True)
+class DTypeOrStorage(Global):
+    pass
+
+
+# name -> what a REDUCE/NEWOBJ "call" of it does (None: a value, not callable)
+ALLOWED: dict[str, Callable[..., Any] | None] = {
+    "collections.OrderedDict": _ordered_dict,
+    "torch._utils._rebuild_tensor": _rebuild_tensor,
+    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
+    "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
+    "torch._utils._rebuild_parameter": _rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
+    "torch.Size": _size,
+    "torch.device": _device,
+    "torch.Tensor": None,
+    "torch.nn.parameter.Parameter": None,
+    "_codecs.encode": _codecs_encode,
+    "builtins.set": _container(set),
+    "builtins.frozenset": _container(frozenset),
+    "builtins.bytearray": _container(bytearray),
+    "builtins.complex": lambda *a: complex(*[x for x in a if isinstance(x, (int, float))][:2]),
+    "numpy.core.multiarray.scalar": _np_scalar,
+    "numpy._core.multiarray.scalar": _np_scalar,
+    "numpy.dtype": _np_dtype,
+    "numpy.core.multiarray._reconstruct": _np_reconstruct,
+    "numpy._core.multiarray._reconstruct": _np_reconstruct,
+    "numpy.ndarray": None,
+}
+for _name in list(dtypes.BY_STORAGE):
+    ALLOWED[f"torch.{_name}"] = None
+    ALLOWED[f"torch.cuda.{_name}"] = None
+ALLOWED["torch.storage.UntypedStorage"] = None
+ALLOWED["torch.storage.TypedStorage"] = None
+for _d in dtypes.BY_NAME:
+    ALLOWED[f"torch.{_d}"] = None
+for _alias in dtypes.TORCH_ALIASES:
+    ALLOWED[f"torch.{_alias}"] = None
+
+
+def resolve_name(module: str, name: str) -> tuple[str, str]:
+    """The (module, name) that Python would really import, mapping Python 2 spellings (``__builtin__``...)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return module, name
+
+
+def is_allowed(qualname: str) -> bool:
+    return qualname in ALLOWED
+
+
+def make_global(module: str, name: str, *, torchscript: bool = False) -> Global:
+    module, name = resolve_name(module, name)
+    qual = f"{module}.{name}"
+    if torchscript and (module.startswith("__torch__") or qual.startswith("torch.jit._pickle.")):
+        return Global(module, name)
+    if qual not in ALLOWED:
+        hint = "run `ckptool scan` to list every global it references"
+        if not module.startswith(("torch", "numpy", "collections", "builtins", "_codecs")):
+            hint = (
+                "it may pickle a whole model object or code; if you trust it, load it in torch and re-save "
+                "model.state_dict(); `ckptool scan` lists every global"
+            )
+        raise UnsafePickleError(
+            f"refusing to unpickle: it references {qual}, which is not on ckptool's allowlist of what a "
+            "tensor checkpoint needs; nothing was executed",
+            global_name=qual,
+            hint=hint,
+        )
+    if module == "torch" or module == "torch.cuda" or module == "torch.storage":
+        if name in dtypes.BY_STORAGE or name in ("UntypedStorage", "TypedStorage"):
+            return DTypeOrStorage(module, name)
+        if name in dtypes.BY_NAME or name in dtypes.TORCH_ALIASES:
+            return DTypeOrStorage("torch", dtypes.lookup(name).name)
+    return Global(module, name)
+
+
+def call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> Any:
+    if not isinstance(func, Global):
+        raise CorruptFileError(f"pickle calls a {type(func).__name__}, which is not a global")
+    if func.module.startswith("__torch__") or func.qualname.startswith("torch.jit._pickle."):
+        return _torchscript_call(func, args)
+    handler = ALLOWED.get(func.qualname)
+    if handler is None:
+        raise UnsafePickleError(
+            f"refusing to call {func.qualname}: it is not callable in a checkpoint", global_name=func.qualname
+        )
+    if kwargs:
+        raise CorruptFileError(f"{func.qualname} called with keyword arguments")
+    try:
+        return handler(*args)
+    except (CorruptFileError, UnsafePickleError):
+        raise
+    except (TypeError, ValueError, KeyError, IndexError) as e:
+        raise CorruptFileError(f"bad arguments to {func.qualname}: {e}") from None
+
+
+def _torchscript_call(func: Global, args: tuple[Any, ...]) -> Any:
+    # TorchScript archives: modules are rebuilt as __torch__.X objects; torch.jit._pickle helpers wrap lists.
+    if func.qualname.startswith("torch.jit._pickle."):
+        if func.name in (
+            "build_intlist",
+            "build_doublelist",
+            "build_boollist",
+            "build_tensorlist",
+            "build_genericlist",
+        ):
+            return list(args[0]) if args else []
+        if func.name == "restore_type_tag":
+            return args[0] if args else None
+        return Opaque(func.qualname)
+    return Opaque(func.qualname)
+
+
+# --------------------------------------------------------------------------------------------
+# The interpreter
+# --------------------------------------------------------------------------------------------
+class _ClampedReader:
+    """File-like over a buffer: read(n) never allocates more than what is left."""
+
+    def __init__(self, buf: Any, pos: int = 0, end: int | None = None):
+        self.buf = buf
+        self.pos = pos
+        self.end = len(buf) if end is None else end
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.end - self.pos
+        n = max(0, min(n, self.end - self.pos))
+        out = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return out
+
+    def readline(self) -> bytes:
+        end = min(self.end, self.pos + (1 << 20))
+        idx = self.buf.find(b"\n", self.pos, end)
+        stop = end if idx < 0 else idx + 1
+        out = bytes(self.buf[self.pos : stop])
+        self.pos = stop
+        return out
+
+    def tell(self) -> int:
+        return self.pos
+
+
+PersistentLoad = Callable[[Any], Any]
+
+
+def load(
+    buf: Any,
+    pos: int = 0,
+    *,
+    persistent_load: PersistentLoad | None = None,
+    torchscript: bool = False,
+    where: str = "pickle",
+) -> tuple[Any, int]:
+    """Interpret one pickle from ``buf[pos:]``. Returns (object, position after STOP)."""
+    reader = _ClampedReader(buf, pos)
+    stack: list[Any] = []
+    marks: list[int] = []
+    memo: dict[int, Any] = {}
+    ops = 0
+
+    def pop_mark() -> list[Any]:
+        if not marks:
+            raise CorruptFileError(f"{where}: MARK expected")
+        m = marks.pop()
+        items = stack[m:]
+        del stack[m:]
+        return items
+
+    def pop() -> Any:
+        if not stack:
+            raise CorruptFileError(f"{where}: stack underflow")
+        return stack.pop()
+
+    try:
+        for op, arg, _p in pickletools.genops(reader):  # type: ignore[arg-type]
+            ops += 1
+            if ops > MAX_OPS or len(stack) > MAX_STACK:
+                raise CorruptFileError(f"{where}: pickle exceeds ckptool's size bounds")
+            name = op.name
+            if name in ("PROTO", "FRAME"):
+                continue
+            if name == "STOP":
+                if len(stack) != 1 or marks:
+                    raise CorruptFileError(f"{where}: pickle ended with an unbalanced stack")
+                return stack[0], reader.tell()
+            if name == "MARK":
+                if len(marks) >= MAX_MARK_DEPTH:
+                    raise CorruptFileError(f"{where}: pickle nests deeper than {MAX_MARK_DEPTH}")
+                marks.append(len(stack))
+            elif name in (
+                "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT",
+                "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+                "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8",
+            ):  # fmt: skip
+                stack.append(arg)
+            elif name == "BYTEARRAY8":
+                stack.append(bytearray(arg or b""))
+            elif name == "NONE":
+                stack.append(None)
+            elif name == "NEWTRUE":
+                stack.append(True)
+            elif name == "NEWFALSE":
+                stack.append(False)
+            elif name == "EMPTY_DICT":
+                stack.append(PickledDict())
+            elif name == "EMPTY_LIST":
+                stack.append([])
+            elif name == "EMPTY_TUPLE":
+                stack.append(())
+            elif name == "EMPTY_SET":
+                stack.append(set())
+            elif name == "DICT":
+                items = pop_mark()
+                d = PickledDict()
+                for i in range(0, len(items) - 1, 2):
+                    d[_hashable(items[i])] = items[i + 1]
+                stack.append(d)
+            elif name == "LIST":
+                stack.append(pop_mark())
+            elif name == "TUPLE":
+                stack.append(tuple(pop_mark()))
+            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                n = int(name[-1])
+                if len(stack) < n:
+                    raise CorruptFileError(f"{where}: stack underflow")
+                t = tuple(stack[-n:])
+                del stack[-n:]
+                stack.append(t)
+            elif name == "FROZENSET":
+                stack.append(frozenset(_hashable(x) for x in pop_mark()))
+            elif name == "APPEND":
+                v = pop()
+                _target(stack, list, where).append(v)
+            elif name == "APPENDS":
+                items = pop_mark()
+                _target(stack, list, where).extend(items)
+            elif name == "SETITEM":
+                v = pop()
+                k = pop()
+                _target(stack, dict, where)[_hashable(k)] = v
+            elif name == "SETITEMS":
+                items = pop_mark()
+                d = _target(stack, dict, where)
+                if len(items) % 2:
+                    raise CorruptFileError(f"{where}: SETITEMS with an odd number of items")
+                for i in range(0, len(items), 2):
+                    d[_hashable(items[i])] = items[i + 1]
+            elif name == "ADDITEMS":
+                items = pop_mark()
+                _target(stack, set, where).update(_hashable(x) for x in items)
+            elif name == "POP":
+                if marks and marks[-1] == len(stack):
+                    marks.pop()
+                else:
+                    pop()
+            elif name == "POP_MARK":
+                pop_mark()
+            elif name == "DUP":
+                if not stack:
+                    raise CorruptFileError(f"{where}: DUP on an empty stack")
+                stack.append(stack[-1])
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                if not stack:
+                    raise CorruptFileError(f"{where}: PUT on an empty stack")
+                if len(memo) >= MAX_MEMO:
+                    raise CorruptFileError(f"{where}: memo exceeds {MAX_MEMO} entries")
+                memo[int(arg or 0)] = stack[-1]
+            elif name == "MEMOIZE":
+                if not stack:
+                    raise CorruptFileError(f"{where}: MEMOIZE on an empty stack")
+                if len(memo) >= MAX_MEMO:
+                    raise CorruptFileError(f"{where}: memo exceeds {MAX_MEMO} entries")
+                memo[len(memo)] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                try:
+                    stack.append(memo[int(arg or 0)])
+                except KeyError:
+                    raise CorruptFileError(f"{where}: memo key {arg} is not defined") from None
+            elif name == "GLOBAL":
+                module, _, gname = str(arg).partition(" ")
+                stack.append(make_global(module, gname, torchscript=torchscript))
+            elif name == "STACK_GLOBAL":
+                gname = pop()
+                module = pop()
+                if not isinstance(module, str) or not isinstance(gname, str):
+                    raise CorruptFileError(f"{where}: STACK_GLOBAL on non-strings")
+                stack.append(make_global(module, gname, torchscript=torchscript))
+            elif name == "REDUCE":
+                args = pop()
+                func = pop()
+                if not isinstance(args, tuple):
+                    raise CorruptFileError(f"{where}: REDUCE arguments are not a tuple")
+                stack.append(call(func, args))
+            elif name == "NEWOBJ":
+                args = pop()
+                cls = pop()
+                stack.append(call(cls, tuple(args) if isinstance(args, (tuple, list)) else ()))
+            elif name == "NEWOBJ_EX":
+                kwargs = pop()
+                args = pop()
+                cls = pop()
+                stack.append(call(cls, tuple(args), dict(kwargs) if kwargs else None))
+            elif name == "INST":
+                module, _, gname = str(arg).partition(" ")
+                cls = make_global(module, gname, torchscript=torchscript)
+                stack.append(call(cls, tuple(pop_mark())))
+            elif name == "OBJ":
+                items = pop_mark()
+                if not items:
+                    raise CorruptFileError(f"{where}: OBJ without a class")
+                stack.append(call(items[0], tuple(items[1:])))
+            elif name == "BUILD":
+                state = pop()
+                if not stack:
+                    raise CorruptFileError(f"{where}: BUILD on an empty stack")
+                _build(stack[-1], state, where)
+            elif name in ("PERSID", "BINPERSID"):
+                pid = arg if name == "PERSID" else pop()
+                if persistent_load is None:
+                    raise CorruptFileError(f"{where}: persistent id in a pickle that should have none")
+                stack.append(persistent_load(pid))
+            elif name in ("EXT1", "EXT2", "EXT4"):
+                raise UnsafePickleError(
+                    f"refusing to unpickle: {name} (copyreg extension registry) can name any global; nothing was executed",
+                    global_name=name,
+                )
+            elif name in ("NEXT_BUFFER", "READONLY_BUFFER"):
+                raise UnsafePickleError(f"refusing to unpickle: out-of-band buffer opcode {name}", global_name=name)
+            else:  # pragma: no cover - genops knows no other opcodes
+                raise CorruptFileError(f"{where}: unsupported pickle opcode {name}")
+    except (CorruptFileError, UnsafePickleError):
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, UnicodeDecodeError, struct.error) as e:
+        raise CorruptFileError(f"{where}: not a valid pickle ({e})") from None
+    except RecursionError:
+        raise CorruptFileError(f"{where}: pickle nests too deeply") from None
+    raise CorruptFileError(f"{where}: pickle is truncated (no STOP opcode)")
+
+
+def _hashable(k: Any) -> Any:
+    try:
+        hash(k)
+    except TypeError:
+        raise CorruptFileError(f"pickle uses an unhashable {type(k).__name__} as a key") from None
+    return k
+
+
+def _target(stack: list[Any], kind: type, where: str) -> Any:
+    if not stack or not isinstance(stack[-1], kind):
+        got = type(stack[-1]).__name__ if stack else "nothing"
+        raise CorruptFileError(f"{where}: expected a {kind.__name__} on the stack, found {got}")
+    return stack[-1]
+
+
+def _build(obj: Any, state: Any, where: str) -> None:
+    if isinstance(obj, PickledDict):
+        obj.state = state
+    elif isinstance(obj, Opaque):
+        obj.state = state
+        if isinstance(state, dict):
+            obj.fields.update(state)
+    elif isinstance(obj, TensorRecord):
+        pass  # e.g. _rebuild_parameter_with_state; metadata only
+    elif isinstance(obj, (set, list)):
+        raise CorruptFileError(f"{where}: BUILD on a {type(obj).__name__}")
+    else:
+        raise CorruptFileError(f"{where}: BUILD on a {type(obj).__name__}")
