@@ -17,10 +17,8 @@ from typer.core import TyperGroup
 
 try:  # typer >= 0.2x vendors its own click
     from typer._click import ClickException, Context
-    from typer._click.exceptions import Abort, Exit
 except ImportError:  # pragma: no cover - older typer on the real click
     from click import ClickException, Context  # type: ignore[assignment]
-    from click.exceptions import Abort, Exit  # type: ignore[assignment]
 
 from ..errors import CkptError
 
@@ -40,7 +38,7 @@ class CkptGroup(TyperGroup):
     def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (Exit, Abort, ClickException, typer.Exit, typer.Abort):
+        except (ClickException, typer.Exit, typer.Abort):
             raise
         except CkptError as e:
             if debug():
