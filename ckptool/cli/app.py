@@ -9,6 +9,7 @@ import typer
 from .. import __version__
 from ._errors import CkptGroup
 from .inspect import inspect
+from .labels import labels
 
 app = typer.Typer(
     cls=CkptGroup,
@@ -38,6 +39,7 @@ def main(
 
 
 app.command("inspect")(inspect)
+app.command("labels")(labels)
 
 
 def run() -> None:
