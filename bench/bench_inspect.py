@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _harness import measure, report  # noqa: E402
+from _harness import measure, report
 
 TORCH_LIST = "import sys, torch; sd = torch.load(sys.argv[1], mmap={mmap}, weights_only=True)\nfor k, v in sd.items(): print(k, v.size())"
 
@@ -31,7 +31,11 @@ def build(d: Path) -> dict[str, Path]:
     if not all(p.exists() for p in files.values()):
         sd = vgg_state_dict("vgg16_bn")
         save(sd, files["zip"], "zip")
-        save(OrderedDict((k, v) for k, v in sd.items() if not k.endswith("num_batches_tracked")), files["legacy"], "legacy")
+        save(
+            OrderedDict((k, v) for k, v in sd.items() if not k.endswith("num_batches_tracked")),
+            files["legacy"],
+            "legacy",
+        )
         # same 100 keys, ~10 MB in total
         scale = (10e6 / 4) / sum(v.numel() for v in sd.values())
         small = OrderedDict((k, torch.zeros(max(1, int(v.numel() * scale)))) for k, v in sd.items())
@@ -47,7 +51,11 @@ def main() -> None:
     files = build(Path(a.dir))
     ck = [sys.executable, "-m", "ckptool"]
     out = []
-    for label, path, mmap in (("zip", files["zip"], True), ("legacy", files["legacy"], False), ("10 MB zip", files["small"], True)):
+    for label, path, mmap in (
+        ("zip", files["zip"], True),
+        ("legacy", files["legacy"], False),
+        ("10 MB zip", files["small"], True),
+    ):
         size = os.path.getsize(path) / 1e6
         mine = measure(f"ckptool inspect ({label}, {size:.0f} MB)", [*ck, "inspect", str(path)], a.runs)
         plain = measure(f"ckptool inspect --plain ({label})", [*ck, "inspect", "--plain", str(path)], a.runs)
