@@ -1,0 +1,1 @@
+"""Writers: safetensors and torch zip (streamed, torch-free), ONNX export (torch + parity)."""
