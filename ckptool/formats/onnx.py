@@ -68,12 +68,23 @@ def _str(buf: Any, span: tuple[int, int]) -> str:
     return bytes(buf[span[0] : span[1]]).decode("utf-8", "replace")
 
 
-def _packed_varints(buf: Any, span: tuple[int, int]) -> list[int]:
+MAX_DIMS = 1024  # ONNX sets no limit; torch allows 64 dims. More is a corrupt (or hostile) file.
+
+
+def _packed_varints(buf: Any, span: tuple[int, int], limit: int | None = None) -> list[int]:
     out, pos = [], span[0]
     while pos < span[1]:
         v, pos = _varint(buf, pos, span[1])
         out.append(v)
+        if limit is not None and len(out) > limit:
+            raise _Wire(f"more than {limit} values in a packed field")
     return out
+
+
+def _count_varints(buf: Any, span: tuple[int, int]) -> int:
+    """How many varints a packed field holds: every varint ends with exactly one byte below 0x80."""
+    raw = bytes(buf[span[0] : span[1]])
+    return len(raw) - len(raw.translate(None, bytes(range(128))))
 
 
 def looks_like_onnx(head: bytes) -> bool:
@@ -127,6 +138,8 @@ def _value_info(buf: Any, span: tuple[int, int]) -> dict[str, Any]:
 def safe_external_path(model_path: str, location: str) -> str:
     """Resolve an external-data location; refuse anything outside the model's folder."""
     base = os.path.dirname(os.path.abspath(model_path))
+    if "\0" in location:
+        raise UnsafeFileError(f"external data location {location!r} contains a NUL byte", path=model_path)
     if (
         not location
         or os.path.isabs(location)
@@ -153,7 +166,9 @@ def _initializer(buf: Any, span: tuple[int, int], path: str) -> TensorInfo:
     location = 0
     for num, wt, v in fields(buf, *span):
         if num == 1:
-            dims.extend(_packed_varints(buf, v) if wt == 2 else [v])
+            dims.extend(_packed_varints(buf, v, MAX_DIMS) if wt == 2 else [v])
+            if len(dims) > MAX_DIMS:
+                raise CorruptFileError(f"initializer has more than {MAX_DIMS} dimensions", path=path)
         elif num == 2 and wt == 0:
             elem = v
         elif num == 8 and wt == 2:
@@ -194,6 +209,10 @@ def _initializer(buf: Any, span: tuple[int, int], path: str) -> TensorInfo:
             raise CorruptFileError(
                 f"initializer {name!r}: external data offset/length are not integers", path=path
             ) from None
+        if not os.path.isfile(full):
+            raise CorruptFileError(
+                f"initializer {name!r}: external data file {loc!r} is missing (or not a regular file)", path=path
+            )
         try:
             fsize = os.path.getsize(full)
         except OSError:
@@ -212,7 +231,16 @@ def _initializer(buf: Any, span: tuple[int, int], path: str) -> TensorInfo:
             )
         src = ByteSource(path, raw[0], need)
     elif typed is not None:
-        src = ByteSource(path, typed[1][0], typed[1][1] - typed[1][0], encoding=typed[0])
+        enc, span = typed
+        got = span[1] - span[0] if enc.startswith("fixed") else _count_varints(buf, span)
+        want = need if enc.startswith("fixed") else numel
+        if got != want:
+            unit = "bytes" if enc.startswith("fixed") else "values"
+            raise CorruptFileError(
+                f"initializer {name!r}: typed data holds {got} {unit}, but {list(shape)} x {dt.name} needs {want}",
+                path=path,
+            )
+        src = ByteSource(path, span[0], span[1] - span[0], encoding=enc)
     elif numel == 0:
         src = ByteSource(path, 0, 0)
     else:

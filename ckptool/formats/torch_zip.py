@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import zipfile
+import zlib
 from typing import Any
 
 from .. import dtypes
@@ -17,6 +18,15 @@ from . import unpickler
 from ._torch_tree import build_checkpoint, storage_ref
 
 MAX_PICKLE_BYTES = 1 << 30
+MAX_DEFLATE_RATIO = 1032  # deflate cannot expand more than this; a larger claimed size is a lie
+
+# What the zipfile module raises on damaged archives besides BadZipFile: short reads (EOFError), bad
+# seeks (OSError, OverflowError), unsupported methods (NotImplementedError), encrypted members
+# (RuntimeError), broken deflate streams (zlib.error), bad names (UnicodeDecodeError is a ValueError).
+ZIP_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error, NotImplementedError, RuntimeError,
+    OverflowError, zlib.error,
+)  # fmt: skip
 
 
 def _open_zip(path: str) -> zipfile.ZipFile:
@@ -24,8 +34,35 @@ def _open_zip(path: str) -> zipfile.ZipFile:
         return zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
         raise CorruptFileError(f"not a valid zip archive ({e}); the file may be truncated", path=path) from None
-    except (OSError, ValueError, EOFError, struct.error, NotImplementedError) as e:
-        raise CorruptFileError(f"cannot read the zip directory ({e})", path=path) from None
+    except ZIP_ERRORS as e:
+        raise CorruptFileError(f"cannot read the zip directory ({type(e).__name__}: {e})", path=path) from None
+
+
+def check_member(mm: Any, info: zipfile.ZipInfo, path: str) -> int:
+    """Validate a member's claimed sizes against the file; return the absolute offset of its data."""
+    if info.flag_bits & 0x1:
+        raise CorruptFileError(f"zip member {info.filename!r} is encrypted", path=path)
+    off = data_offset(mm, info, path)
+    if off + info.compress_size > len(mm):
+        raise CorruptFileError(
+            f"zip member {info.filename!r} claims {info.compress_size} bytes at offset {off} but the file has "
+            f"{len(mm)} (truncated?)",
+            path=path,
+        )
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.file_size != info.compress_size:
+            raise CorruptFileError(
+                f"zip member {info.filename!r} is stored but its sizes disagree ({info.file_size} vs "
+                f"{info.compress_size})",
+                path=path,
+            )
+    elif info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 1024:
+        raise CorruptFileError(
+            f"zip member {info.filename!r} claims {info.file_size} bytes from {info.compress_size} compressed: "
+            "more than deflate can expand",
+            path=path,
+        )
+    return off
 
 
 def find_prefix(names: list[str], path: str) -> str:
@@ -51,6 +88,13 @@ def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
         infos = zf.infolist()
         names = [i.filename for i in infos]
         by_name = {i.filename: i for i in infos}
+        if len(by_name) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise CorruptFileError(
+                f"zip archive holds two members named {dup!r}: which one a loader reads is ambiguous",
+                path=path,
+                hint="`ckptool scan` reports every member",
+            )
         prefix = find_prefix(names, path)
         torchscript = any(n.startswith(prefix + "code/") for n in names) or (prefix + "constants.pkl") in by_name
         byteorder = "little"
@@ -59,8 +103,8 @@ def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
             if byteorder not in ("little", "big"):
                 raise CorruptFileError(f"byteorder record says {byteorder!r}", path=path)
         pkl_info = by_name[prefix + "data.pkl"]
-        if pkl_info.file_size > min(MAX_PICKLE_BYTES, len(mm)) and pkl_info.compress_type == zipfile.ZIP_STORED:
-            raise CorruptFileError("data.pkl claims more bytes than the file has", path=path)
+        if pkl_info.file_size > MAX_PICKLE_BYTES:
+            raise CorruptFileError(f"data.pkl claims {pkl_info.file_size} bytes (limit {MAX_PICKLE_BYTES})", path=path)
         data_pkl = _member(zf, mm, pkl_info, path)
         refs: dict[str, Any] = {}
 
@@ -90,9 +134,7 @@ def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
                     f"storage {member!r} declares {need} bytes but its record holds {info.file_size}", path=path
                 )
             stored = info.compress_type == zipfile.ZIP_STORED
-            off = data_offset(mm, info, path)
-            if stored and off + info.file_size > len(mm):
-                raise CorruptFileError(f"storage {member!r} runs past the end of the file (truncated?)", path=path)
+            off = check_member(mm, info, path)
             src = ByteSource(path=path, offset=off, nbytes=info.file_size, member=member, compressed=not stored)
             storages[k] = StorageInfo(key=k, dtype=ref.dtype, numel=ref.numel, location=ref.location, source=src)
 
@@ -115,21 +157,19 @@ def _small(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> bytes:
         raise CorruptFileError(f"{info.filename} is larger than expected", path=path)
     try:
         return zf.read(info)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise CorruptFileError(f"cannot read {info.filename} ({e})", path=path) from None
+    except ZIP_ERRORS as e:
+        raise CorruptFileError(f"cannot read {info.filename} ({type(e).__name__}: {e})", path=path) from None
 
 
 def _member(zf: zipfile.ZipFile, mm: Any, info: zipfile.ZipInfo, path: str) -> Any:
+    off = check_member(mm, info, path)
     if info.compress_type == zipfile.ZIP_STORED:
-        off = data_offset(mm, info, path)
-        if off + info.file_size > len(mm):
-            raise CorruptFileError(f"{info.filename} runs past the end of the file (truncated?)", path=path)
         return mm[off : off + info.file_size]
     try:
         with zf.open(info) as fh:
             data = fh.read(MAX_PICKLE_BYTES + 1)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
-        raise CorruptFileError(f"cannot read {info.filename} ({e})", path=path) from None
+    except ZIP_ERRORS as e:
+        raise CorruptFileError(f"cannot read {info.filename} ({type(e).__name__}: {e})", path=path) from None
     if len(data) > MAX_PICKLE_BYTES:
         raise CorruptFileError(f"{info.filename} is larger than {MAX_PICKLE_BYTES} bytes", path=path)
     return data

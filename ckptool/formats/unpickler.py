@@ -6,13 +6,17 @@ looked up in :data:`ALLOWED` (the names a tensor checkpoint needs, like torch's 
 dict), never the named function. Any other global, and every opcode that could reach arbitrary code
 (``EXT*``, out-of-band buffers), stops the read with :class:`UnsafePickleError` naming it.
 
-Resource bounds: opcode count, memo size, stack size and MARK depth are capped, and reads never trust a
-length the pickle claims (the source is clamped to the bytes that exist).
+Resource bounds: opcode count, memo size, stack size, MARK depth and object nesting depth are capped
+(cost is linear in the pickle's bytes: about 1 us and a few dozen bytes per opcode), shared references
+(DUP, memo GET) are never copied, and reads never trust a length the pickle claims (the source is clamped
+to the bytes that exist). BUILD on anything but an allowed object is refused like an unknown global.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
+import io
+import mmap
 import pickletools
 import struct
 from collections.abc import Callable
@@ -22,10 +26,14 @@ from typing import Any
 from .. import dtypes
 from ..errors import CorruptFileError, UnsafePickleError
 
-MAX_OPS = 20_000_000
-MAX_MEMO = 2_000_000
-MAX_STACK = 2_000_000
+MAX_OPS = 10_000_000
+MAX_MEMO = 1_000_000
+MAX_STACK = 1_000_000
 MAX_MARK_DEPTH = 10_000
+# Containers may nest at most this deep. Hashing a deeply nested tuple (a dict key, a set item) recurses
+# in C without a guard and crashes CPython 3.11 (SIGSEGV at ~100k levels); recursive code downstream
+# (repr, json) would raise RecursionError. Real checkpoints nest < 20 levels.
+MAX_DEPTH = 200
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,6 +205,10 @@ def _container(kind: type) -> Callable[..., Any]:
     def make(*args: Any) -> Any:
         if not args:
             return kind()
+        if kind in (set, frozenset) and isinstance(args[0], (list, tuple, set, frozenset)):
+            cache: TupleDepths = {}
+            for item in args[0]:
+                _hashable(item, cache)
         try:
             return kind(args[0])
         except TypeError as e:
@@ -325,32 +337,80 @@ def _torchscript_call(func: Global, args: tuple[Any, ...]) -> Any:
 # --------------------------------------------------------------------------------------------
 # The interpreter
 # --------------------------------------------------------------------------------------------
-class _ClampedReader:
-    """File-like over a buffer: read(n) never allocates more than what is left."""
+class _Source:
+    """A file-like view of ``buf[pos:end]`` for :func:`pickletools.genops`.
+
+    ``read``/``tell`` are the C methods of :class:`io.BytesIO` or :class:`mmap.mmap` (the per-opcode
+    ``read(1)`` dominates the interpreter's cost). Both clamp ``read(n)`` to the bytes that exist before
+    allocating, so a length the pickle claims (BINBYTES8, LONG4, ...) never allocates more than is there.
+    ``readline`` (protocol 0 text opcodes) is bounded to 1 MiB.
+    """
+
+    LINE_LIMIT = 1 << 20
 
     def __init__(self, buf: Any, pos: int = 0, end: int | None = None):
-        self.buf = buf
-        self.pos = pos
-        self.end = len(buf) if end is None else end
+        size = len(buf)
+        end = size if end is None else max(0, min(end, size))
+        if isinstance(buf, mmap.mmap) and end == size:
+            self._mm: mmap.mmap | None = buf
+            buf.seek(min(max(pos, 0), size))
+            self.read = buf.read
+            self.tell = buf.tell
+            return
+        self._mm = None
+        if isinstance(buf, bytes) and end == size:
+            bio = io.BytesIO(buf)  # shares the bytes object, no copy
+            bio.seek(pos)
+            self._base = 0
+        else:  # a slice (or a memoryview/bytearray): copies buf[pos:end] once
+            bio = io.BytesIO(bytes(buf[pos:end]))
+            self._base = pos
+        self._bio = bio
+        self.read = bio.read
+        self.tell = bio.tell if self._base == 0 else self._tell
 
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = self.end - self.pos
-        n = max(0, min(n, self.end - self.pos))
-        out = bytes(self.buf[self.pos : self.pos + n])
-        self.pos += n
-        return out
+    def _tell(self) -> int:
+        return self._base + self._bio.tell()
 
     def readline(self) -> bytes:
-        end = min(self.end, self.pos + (1 << 20))
-        idx = self.buf.find(b"\n", self.pos, end)
-        stop = end if idx < 0 else idx + 1
-        out = bytes(self.buf[self.pos : stop])
-        self.pos = stop
-        return out
+        if self._mm is None:
+            return self._bio.readline(self.LINE_LIMIT)
+        mm = self._mm
+        pos = mm.tell()
+        stop = min(len(mm), pos + self.LINE_LIMIT)
+        idx = mm.find(b"\n", pos, stop)
+        return mm.read((stop if idx < 0 else idx + 1) - pos)
 
-    def tell(self) -> int:
-        return self.pos
+
+class Memo:
+    """The pickle memo. Pickles number their memo entries 0, 1, 2, ... so a list holds them (8 bytes per
+    entry instead of a dict's ~100); out-of-order indexes fall back to a dict. Shared with :mod:`ckptool.scan`."""
+
+    __slots__ = ("dense", "sparse")
+
+    def __init__(self) -> None:
+        self.dense: list[Any] = []
+        self.sparse: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.dense) + len(self.sparse)
+
+    def put(self, index: int, value: Any) -> None:
+        n = len(self.dense)
+        if index == n and index not in self.sparse:
+            self.dense.append(value)
+        elif 0 <= index < n:
+            self.dense[index] = value
+        else:
+            self.sparse[index] = value
+
+    def get(self, index: int, where: str = "pickle") -> Any:
+        if 0 <= index < len(self.dense):
+            return self.dense[index]
+        try:
+            return self.sparse[index]
+        except KeyError:
+            raise CorruptFileError(f"{where}: memo key {index} is not defined") from None
 
 
 PersistentLoad = Callable[[Any], Any]
@@ -365,10 +425,11 @@ def load(
     where: str = "pickle",
 ) -> tuple[Any, int]:
     """Interpret one pickle from ``buf[pos:]``. Returns (object, position after STOP)."""
-    reader = _ClampedReader(buf, pos)
+    reader = _Source(buf, pos)
     stack: list[Any] = []
     marks: list[int] = []
-    memo: dict[int, Any] = {}
+    memo = Memo()
+    tdepth: TupleDepths = {}
     ops = 0
 
     def pop_mark() -> list[Any]:
@@ -395,6 +456,7 @@ def load(
             if name == "STOP":
                 if len(stack) != 1 or marks:
                     raise CorruptFileError(f"{where}: pickle ended with an unbalanced stack")
+                check_nesting(stack[0], where)
                 return stack[0], reader.tell()
             if name == "MARK":
                 if len(marks) >= MAX_MARK_DEPTH:
@@ -426,21 +488,24 @@ def load(
                 items = pop_mark()
                 d = PickledDict()
                 for i in range(0, len(items) - 1, 2):
-                    d[_hashable(items[i])] = items[i + 1]
+                    d[_hashable(items[i], tdepth)] = items[i + 1]
                 stack.append(d)
             elif name == "LIST":
                 stack.append(pop_mark())
             elif name == "TUPLE":
-                stack.append(tuple(pop_mark()))
+                t = tuple(pop_mark())
+                tuple_depth(t, tdepth)
+                stack.append(t)
             elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
                 n = int(name[-1])
                 if len(stack) < n:
                     raise CorruptFileError(f"{where}: stack underflow")
                 t = tuple(stack[-n:])
                 del stack[-n:]
+                tuple_depth(t, tdepth)
                 stack.append(t)
             elif name == "FROZENSET":
-                stack.append(frozenset(_hashable(x) for x in pop_mark()))
+                stack.append(frozenset(_hashable(x, tdepth) for x in pop_mark()))
             elif name == "APPEND":
                 v = pop()
                 _target(stack, list, where).append(v)
@@ -450,17 +515,17 @@ def load(
             elif name == "SETITEM":
                 v = pop()
                 k = pop()
-                _target(stack, dict, where)[_hashable(k)] = v
+                _target(stack, dict, where)[_hashable(k, tdepth)] = v
             elif name == "SETITEMS":
                 items = pop_mark()
                 d = _target(stack, dict, where)
                 if len(items) % 2:
                     raise CorruptFileError(f"{where}: SETITEMS with an odd number of items")
                 for i in range(0, len(items), 2):
-                    d[_hashable(items[i])] = items[i + 1]
+                    d[_hashable(items[i], tdepth)] = items[i + 1]
             elif name == "ADDITEMS":
                 items = pop_mark()
-                _target(stack, set, where).update(_hashable(x) for x in items)
+                _target(stack, set, where).update(_hashable(x, tdepth) for x in items)
             elif name == "POP":
                 if marks and marks[-1] == len(stack):
                     marks.pop()
@@ -472,23 +537,14 @@ def load(
                 if not stack:
                     raise CorruptFileError(f"{where}: DUP on an empty stack")
                 stack.append(stack[-1])
-            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
                 if not stack:
-                    raise CorruptFileError(f"{where}: PUT on an empty stack")
+                    raise CorruptFileError(f"{where}: {name} on an empty stack")
                 if len(memo) >= MAX_MEMO:
                     raise CorruptFileError(f"{where}: memo exceeds {MAX_MEMO} entries")
-                memo[int(arg or 0)] = stack[-1]
-            elif name == "MEMOIZE":
-                if not stack:
-                    raise CorruptFileError(f"{where}: MEMOIZE on an empty stack")
-                if len(memo) >= MAX_MEMO:
-                    raise CorruptFileError(f"{where}: memo exceeds {MAX_MEMO} entries")
-                memo[len(memo)] = stack[-1]
+                memo.put(len(memo) if name == "MEMOIZE" else int(arg or 0), stack[-1])
             elif name in ("GET", "BINGET", "LONG_BINGET"):
-                try:
-                    stack.append(memo[int(arg or 0)])
-                except KeyError:
-                    raise CorruptFileError(f"{where}: memo key {arg} is not defined") from None
+                stack.append(memo.get(int(arg or 0), where))
             elif name == "GLOBAL":
                 module, _, gname = str(arg).partition(" ")
                 stack.append(make_global(module, gname, torchscript=torchscript))
@@ -550,7 +606,79 @@ def load(
     raise CorruptFileError(f"{where}: pickle is truncated (no STOP opcode)")
 
 
-def _hashable(k: Any) -> Any:
+TupleDepths = dict[int, tuple[tuple[Any, ...], int]]
+
+
+def tuple_depth(x: Any, cache: TupleDepths) -> int:
+    """How deeply tuples nest in ``x`` (0 for a non-tuple), iteratively and memoised; raises past MAX_DEPTH.
+
+    Only tuple-in-tuple chains matter for hashing: hashing stops at the first unhashable item, and a
+    frozenset caches its items' hashes. ``cache`` maps id -> (tuple, depth) and keeps the tuple alive so
+    that an id is never reused for another object while the cache lives.
+    """
+    if type(x) is not tuple:
+        return 0
+    hit = cache.get(id(x))
+    if hit is not None and hit[0] is x:
+        return hit[1]
+    todo: list[tuple[Any, ...]] = [x]
+    while todo:
+        t = todo[-1]
+        pending = [c for c in t if type(c) is tuple and (cache.get(id(c)) or (None,))[0] is not c]
+        if pending:
+            todo.extend(pending)
+            continue
+        todo.pop()
+        d = 1 + max((cache[id(c)][1] for c in t if type(c) is tuple), default=0)
+        if d > MAX_DEPTH:
+            raise CorruptFileError(f"pickle nests tuples deeper than {MAX_DEPTH} levels")
+        cache[id(t)] = (t, d)
+    return cache[id(x)][1]
+
+
+def _kids(obj: Any) -> list[Any]:
+    if isinstance(obj, dict):
+        out = [*obj.keys(), *obj.values()]
+        if isinstance(obj, PickledDict) and obj.state is not None:
+            out.append(obj.state)
+        return out
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return list(obj)
+    if isinstance(obj, Opaque):
+        return [obj.value, obj.state, *obj.fields.values()]
+    return []
+
+
+def check_nesting(root: Any, where: str = "pickle") -> None:
+    """Refuse an object graph nested deeper than MAX_DEPTH (iterative; each node visited once; cycles allowed)."""
+    if not isinstance(root, (dict, list, tuple, set, frozenset, Opaque)):
+        return
+    height: dict[int, int] = {}
+    on_path: set[int] = set()
+    keep: list[Any] = []  # keeps visited objects alive, so their ids stay unique
+    todo: list[tuple[Any, bool]] = [(root, False)]
+    while todo:
+        obj, done = todo.pop()
+        oid = id(obj)
+        if done:
+            on_path.discard(oid)
+            h = 1 + max((height.get(id(c), 0) for c in _kids(obj)), default=0)
+            if h > MAX_DEPTH:
+                raise CorruptFileError(f"{where}: objects nest deeper than {MAX_DEPTH} levels")
+            height[oid] = h
+            continue
+        if oid in height or oid in on_path:
+            continue
+        if len(on_path) > MAX_DEPTH:
+            raise CorruptFileError(f"{where}: objects nest deeper than {MAX_DEPTH} levels")
+        on_path.add(oid)
+        keep.append(obj)
+        todo.append((obj, True))
+        todo.extend((c, False) for c in _kids(obj) if isinstance(c, (dict, list, tuple, set, frozenset, Opaque)))
+
+
+def _hashable(k: Any, cache: TupleDepths | None = None) -> Any:
+    tuple_depth(k, {} if cache is None else cache)
     try:
         hash(k)
     except TypeError:
@@ -574,7 +702,11 @@ def _build(obj: Any, state: Any, where: str) -> None:
             obj.fields.update(state)
     elif isinstance(obj, TensorRecord):
         pass  # e.g. _rebuild_parameter_with_state; metadata only
-    elif isinstance(obj, (set, list)):
-        raise CorruptFileError(f"{where}: BUILD on a {type(obj).__name__}")
+    elif isinstance(obj, Global):
+        # pickle's BUILD on a class or function sets attributes on it (``setattr(os, ...)``): never allowed
+        raise UnsafePickleError(
+            f"refusing to unpickle: BUILD would set attributes on {obj.qualname}; nothing was executed",
+            global_name=obj.qualname,
+        )
     else:
         raise CorruptFileError(f"{where}: BUILD on a {type(obj).__name__}")
