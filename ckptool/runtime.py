@@ -41,7 +41,16 @@ class VGG(nn.Module):
 
 
 def build_module(spec: ArchSpec, device: str | torch.device | None = None) -> nn.Module:
-    """An nn.Module for a registry ArchSpec (on ``device``; "meta" costs no memory)."""
+    """An nn.Module for an ArchSpec (on ``device``; "meta" costs no memory).
+
+    Registry specs are built from their module table; ``module:callable`` / ``torchvision:`` specs
+    (and their parts) by calling their ``builder`` under the device context."""
+    if spec.builder is not None:
+        with torch.device(device or "cpu"):
+            module = spec.builder()
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"{spec.name} built a {type(module).__name__}, not an nn.Module")
+        return module
     with torch.device(device or "cpu"):
         seqs: dict[str, list[nn.Module]] = {}
         singles: dict[str, nn.Module] = {}

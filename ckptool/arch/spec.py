@@ -4,8 +4,19 @@ weight-layer ordinals and the parameters/buffers each module owns."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+# load_state_dict tolerates a missing ``num_batches_tracked`` on these (files saved before torch 0.4.1)
+BATCHNORM_TYPES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm")
+# the layers the article numbers ("weight layers"): convolutions and fully connected layers
+WEIGHT_LAYER_TYPES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear")
+
+
+def join_key(path: str, name: str) -> str:
+    """The state_dict key of parameter/buffer ``name`` of the module at ``path`` ("" is the root)."""
+    return f"{path}.{name}" if path else name
 
 
 @dataclass(frozen=True)
@@ -30,26 +41,66 @@ class ModuleSpec:
     def container(self) -> str:
         return self.path.rsplit(".", 1)[0] if "." in self.path else ""
 
+    @property
+    def is_batchnorm(self) -> bool:
+        return self.type in BATCHNORM_TYPES
+
 
 @dataclass(frozen=True)
 class ArchSpec:
+    """An architecture as data.
+
+    Registry architectures (the VGG family) are pure data: ``runtime.build_module`` builds them from
+    ``modules``. Architectures named as ``module:callable`` (or ``torchvision:<builder>``) carry a
+    ``builder``: a no-argument callable returning the real ``nn.Module`` (runtime code calls it under a
+    ``torch.device`` context), and their ``modules`` were read from an instance built on the meta device.
+    """
+
     name: str
     modules: tuple[ModuleSpec, ...]
     input_shape: tuple[int, ...] = (1, 3, 224, 224)
     family: str = ""
     description: str = ""
+    source: str = "registry"  # registry | custom | torchvision | inferred
+    num_classes: int | None = None
+    head: str | None = None  # path of the classification head ("classifier.6"), if any
+    builder: Callable[[], Any] | None = field(default=None, compare=False, hash=False, repr=False)
+    dtypes: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)  # key -> dtype
 
     def state_dict_shapes(self) -> dict[str, tuple[int, ...]]:
         """Expected state_dict keys (in module order) and their shapes."""
         out: dict[str, tuple[int, ...]] = {}
         for m in self.modules:
             for n, s in m.params + m.buffers:
-                out[f"{m.path}.{n}"] = s
+                out[join_key(m.path, n)] = s
         return out
+
+    def expected_dtype(self, key: str) -> str:
+        """The dtype the model holds for ``key`` (float32 unless the spec says otherwise)."""
+        if key in self.dtypes:
+            return self.dtypes[key]
+        return "int64" if key.endswith("num_batches_tracked") else "float32"
 
     def optional_keys(self) -> set[str]:
         """Keys load_state_dict tolerates when missing (BatchNorm's num_batches_tracked, as in pre-1.0 files)."""
-        return {f"{m.path}.num_batches_tracked" for m in self.modules if m.type.startswith("BatchNorm")}
+        return {join_key(m.path, "num_batches_tracked") for m in self.modules if m.is_batchnorm}
+
+    @property
+    def weight_layers(self) -> int:
+        return sum(1 for m in self.modules if m.weight_layer is not None)
+
+    @property
+    def n_params(self) -> int:
+        return sum(m.n_params for m in self.modules)
+
+    def containers(self) -> list[str]:
+        """Top-level children that hold modules, in order (e.g. ["features", "avgpool", "classifier"])."""
+        out: list[str] = []
+        for m in self.modules:
+            top = m.path.split(".", 1)[0]
+            if top and top not in out:
+                out.append(top)
+        return out
 
     def container_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -60,9 +111,22 @@ class ArchSpec:
 
     def part(self, prefix: str) -> ArchSpec:
         """The sub-architecture under ``prefix`` (e.g. "features"), with the prefix stripped from paths."""
-        pre = prefix.rstrip(".") + "."
+        pre = prefix.strip(".")
         mods = tuple(
-            ModuleSpec(m.path[len(pre):], m.type, m.name, m.weight_layer, m.params, m.buffers, m.kwargs)
-            for m in self.modules if m.path.startswith(pre)
+            replace(m, path=m.path[len(pre) + 1 :]) if m.path != pre else replace(m, path="")
+            for m in self.modules
+            if m.path == pre or m.path.startswith(pre + ".")
+        )
+        head = self.head[len(pre) + 1 :] if self.head and self.head.startswith(pre + ".") else None
+        dts = {k[len(pre) + 1 :]: v for k, v in self.dtypes.items() if k.startswith(pre + ".")}
+        builder = None
+        if self.builder is not None:
+            parent = self.builder
+
+            def builder() -> Any:
+                return parent().get_submodule(pre)
+
+        return replace(
+            self, name=f"{self.name}[{pre}]", modules=mods, description=f"{pre} of {self.name}",
+            head=head, builder=builder, dtypes=dts,
         )  # fmt: skip
-        return ArchSpec(f"{self.name}[{prefix}]", mods, self.input_shape, self.family, f"{prefix} of {self.name}")

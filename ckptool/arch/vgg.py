@@ -31,6 +31,7 @@ VARIANTS: dict[str, tuple[str, bool]] = {
 
 
 def vgg_spec(name: str, num_classes: int = 1000) -> ArchSpec:
+    """The module sequence of torchvision's ``name`` (one of :data:`VARIANTS`) with a ``num_classes`` head."""
     cfg, bn = VARIANTS[name]
     mods: list[ModuleSpec] = []
     idx = 0
@@ -88,4 +89,7 @@ def vgg_spec(name: str, num_classes: int = 1000) -> ArchSpec:
             mods.append(ModuleSpec(f"classifier.{ci + 1}", "Dropout", f"drop{n}", kwargs={"p": 0.5}))
             ci += 2
     desc = f"VGG config {cfg} ({ordinal} weight layers{', batch norm' if bn else ''}), torchvision layout"
-    return ArchSpec(name, tuple(mods), (1, 3, 224, 224), "vgg", desc)
+    return ArchSpec(
+        name, tuple(mods), (1, 3, 224, 224), "vgg", desc, source="registry", num_classes=num_classes,
+        head="classifier.6",
+    )  # fmt: skip

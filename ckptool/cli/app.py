@@ -8,8 +8,11 @@ import typer
 
 from .. import __version__
 from ._errors import CkptGroup
+from .archs import archs
+from .check import check
 from .inspect import inspect
 from .labels import labels
+from .layers import layers
 
 app = typer.Typer(
     cls=CkptGroup,
@@ -39,6 +42,9 @@ def main(
 
 
 app.command("inspect")(inspect)
+app.command("layers")(layers)
+app.command("check")(check)
+app.command("archs")(archs)
 app.command("labels")(labels)
 
 

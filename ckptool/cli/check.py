@@ -1,0 +1,120 @@
+"""`ckptool check`: does a file fit an architecture, and if not, exactly why (exit 0 / 1 / 2)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..arch.registry import parse_arch_args
+from ..compat import CompatReport
+from ..compat import check as check_compat
+from ..formats import open_checkpoint
+from ._options import JsonOpt, KeyOpt, PathArg
+from ._output import kv_lines, out, print_json, table
+
+ArchOpt = Annotated[
+    str,
+    typer.Option(
+        "--arch",
+        "-a",
+        help="auto (identify from the weights), a registry name (ckptool archs), module.path:callable, "
+        "or torchvision:<builder>.",
+    ),
+]
+NumClassesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--num-classes",
+        min=1,
+        help="Size of the classification head (default: the architecture's).",
+        show_default=False,
+    ),
+]
+PartOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--part", help="Check against one sub-module only, e.g. features for a backbone-only file.", show_default=False
+    ),
+]
+ArchArgOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--arch-arg",
+        help="key=value passed to a module:callable architecture's constructor (repeatable; values are Python literals).",
+        show_default=False,
+    ),
+]
+
+LIST_MAX = 20
+
+
+def _listing(title: str, items: list[str]) -> None:
+    out(f"{title} ({len(items)}):")
+    for k in items[:LIST_MAX]:
+        out(f"  {k}")
+    if len(items) > LIST_MAX:
+        out(f"  ... and {len(items) - LIST_MAX} more (--json lists them all)")
+
+
+def render(r: CompatReport) -> None:
+    if r.arch is None:
+        verdict = "no known architecture matches"
+    else:
+        target = r.arch + (f"[{r.part}]" if r.part else "")
+        if r.num_classes not in (None, 1000) and r.spec is not None and r.spec.source != "custom":
+            target += f" with {r.num_classes} classes"
+        verdict = ("compatible with " if r.compatible else "NOT compatible with ") + target
+    out(f"{r.path}: {verdict}")
+    pairs: list[tuple[str, str]] = []
+    if r.arch is not None:
+        how = f"identified from the weights, score {r.score:.3f}" if r.requested == "auto" else "as requested"
+        pairs.append(("arch", f"{r.arch} ({how})"))
+        pairs.append(("keys", f"{r.matched} of {r.expected_keys} expected keys match; the file has {r.file_keys}"))
+    if r.state_dict_key:
+        pairs.append(("state_dict", f"{r.state_dict_key} (inside a training checkpoint)"))
+    if r.prefix:
+        pairs.append(("prefix", f"{r.prefix} (stripped)"))
+    if pairs:
+        kv_lines(pairs)
+    if r.missing:
+        _listing("missing", r.missing)
+    if r.unexpected:
+        _listing("unexpected", r.unexpected)
+    if r.mismatched:
+        out(f"mismatched ({len(r.mismatched)}):")
+        rows = [(d["key"], str(d["expected"]), str(d["found"])) for d in r.mismatched[:LIST_MAX]]
+        table(["key", "expected", "found"], rows)
+        if len(r.mismatched) > LIST_MAX:
+            out(f"... and {len(r.mismatched) - LIST_MAX} more (--json lists them all)")
+    for f in r.findings:
+        out(f"finding: {f}")
+    for n in r.dtype_notes:
+        out(f"note: {n}")
+    if r.candidates and (r.requested == "auto" or r.candidates[0]["score"] >= 0.5):
+        out("candidates: " + ", ".join(f"{c['arch']} {c['score']:.3f}" for c in r.candidates))
+
+
+def check(
+    path: PathArg,
+    arch: ArchOpt = "auto",
+    num_classes: NumClassesOpt = None,
+    part: PartOpt = None,
+    arch_arg: ArchArgOpt = None,
+    key: KeyOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Does the file fit the architecture? Missing, unexpected and mis-shaped keys, in words.
+
+    Exit 0 compatible, 1 incompatible (or nothing matches), 2 error. Header-only and torch-free for
+    registry architectures.
+    """
+    args = parse_arch_args(arch_arg)
+    ck = open_checkpoint(path, key=key)
+    report = check_compat(ck, arch, num_classes=num_classes, part=part, arch_args=args or None)
+    if json_:
+        print_json(report.to_dict())
+    else:
+        render(report)
+    if not report.compatible:
+        raise typer.Exit(1)

@@ -1,0 +1,54 @@
+"""`ckptool layers`: the article's layer table (every module, paper-style names, weight-layer ordinals)."""
+
+from __future__ import annotations
+
+from ..arch.registry import parse_arch_args
+from ..formats import open_checkpoint
+from ..layers import LayerTable, layer_table
+from ._options import JsonOpt, KeyOpt, PathArg
+from ._output import human_count, out, print_json, table
+from .check import ArchArgOpt, ArchOpt, NumClassesOpt, PartOpt
+
+
+def render(t: LayerTable) -> None:
+    rows = [
+        (
+            r.module or "(root)",
+            r.type,
+            r.name or "",
+            "" if r.weight_layer is None else r.weight_layer,
+            "" if r.shape is None else "[" + ", ".join(map(str, r.shape)) + "]",
+            human_count(r.params) if r.params else "",
+        )
+        for r in t.rows
+    ]
+    title = f"{t.arch}" + (f"[{t.part}]" if t.part else "") if t.arch else "inferred from the state_dict"
+    counts = ", ".join(f"{k}: {v}" for k, v in t.counts.items())
+    footer = [
+        f"modules: {len(t.rows)}" + (f" ({counts})" if counts else ""),
+        f"weight layers: {t.weight_layers}",
+        f"parameters: {human_count(t.params)}",
+    ]
+    table(["module", "type", "name", "#", "weight shape", "params"], rows, title=title, right=(3, 5), footer=footer)
+    for n in t.notes:
+        out(f"note: {n}")
+
+
+def layers(
+    path: PathArg,
+    arch: ArchOpt = "auto",
+    num_classes: NumClassesOpt = None,
+    part: PartOpt = None,
+    arch_arg: ArchArgOpt = None,
+    key: KeyOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Every module in forward order (ReLU, pooling and dropout included) with its paper-style name,
+    weight-layer number (conv and linear layers only), weight shape and parameter count."""
+    args = parse_arch_args(arch_arg)
+    ck = open_checkpoint(path, key=key)
+    t = layer_table(ck, arch, num_classes=num_classes, part=part, arch_args=args or None)
+    if json_:
+        print_json(t.to_dict())
+    else:
+        render(t)
