@@ -303,7 +303,12 @@ def _findings(ck: Checkpoint, m: Match, report: CompatReport) -> list[str]:
             f"{n} BatchNorm layer{'s have' if n > 1 else ' has'} no num_batches_tracked (a file saved before "
             "torch 0.4.1, like torchvision's VGG files): load_state_dict accepts this"
         )
-    bn_missing = [k for k in m.missing if k.endswith("num_batches_tracked") and k in spec.optional_keys()]
+    mapped = set(m.key_map.values())
+    bn_missing = [
+        k
+        for k in m.missing
+        if k in spec.optional_keys() and k.rsplit(".", 1)[0] + ".running_mean" in mapped  # the layer is there
+    ]
     if bn_missing:
         out.append(
             f"{len(bn_missing)} num_batches_tracked entries were removed from a file whose _metadata says "
@@ -340,6 +345,10 @@ def _findings(ck: Checkpoint, m: Match, report: CompatReport) -> list[str]:
     return out
 
 
+def _candidates(ranked: list[Match], n: int = 5) -> list[dict[str, Any]]:
+    return [{"arch": r.spec.name, "score": round(r.score, 4), "num_classes": r.spec.num_classes} for r in ranked[:n]]
+
+
 def _from_match(
     ck: Checkpoint, m: Match, requested: str, ranked: list[Match] | None, *, identified: bool = True
 ) -> CompatReport:
@@ -365,7 +374,7 @@ def _from_match(
         spec=m.spec if identified else None,
     )
     if ranked is not None:
-        report.candidates = [{"arch": r.spec.name, "score": round(r.score, 4)} for r in ranked[:5]]
+        report.candidates = _candidates(ranked)
     if identified:
         report.dtype_notes = _dtype_notes(ck, m)
         report.findings = _findings(ck, m, report)
@@ -423,7 +432,7 @@ def check(
     if not report.compatible:
         # say what the file is, when it is something else we know
         ranked = rank(ck, part=part)
-        report.candidates = [{"arch": r.spec.name, "score": round(r.score, 4)} for r in ranked[:5]]
+        report.candidates = _candidates(ranked)
         top = ranked[0]
         other, top_part = _split_part(top.spec)
         if top.score >= IDENTIFY_MIN and top.score > m.score:

@@ -51,7 +51,7 @@ def test_auto_identifies_every_full_size_vgg(vgg_file, cli, name):
     d = json.loads(r.stdout)
     assert d["arch"] == name and d["compatible"] is True and d["score"] == 1.0
     assert d["missing"] == [] and d["unexpected"] == [] and d["mismatched"] == []
-    assert d["candidates"][0] == {"arch": name, "score": 1.0}
+    assert d["candidates"][0] == {"arch": name, "score": 1.0, "num_classes": 1000}
     assert all(c["score"] < 1.0 for c in d["candidates"][1:])
     # named explicitly, it is compatible too
     assert cli("check", path, "--arch", name).exit_code == 0
@@ -141,8 +141,9 @@ def test_vgg19_bn_checked_against_vgg16_bn(vgg_file, cli, script):
     assert r.returncode == 1, r.stderr
     d = json.loads(r.stdout)
     assert d["compatible"] is False and d["arch"] == "vgg16_bn"
-    assert d["candidates"][0] == {"arch": "vgg19_bn", "score": 1.0}
+    assert d["candidates"][0] == {"arch": "vgg19_bn", "score": 1.0, "num_classes": 1000}
     assert "a vgg19_bn file checked against vgg16_bn: use --arch vgg19_bn" in d["findings"]
+    assert not any("num_batches_tracked" in f for f in d["findings"])  # whole layers differ, not counters
     # the exact differences: vgg19_bn has a 4th conv in blocks 3-5, so indices shift from features.23 on:
     # vgg16_bn's conv4_1 (features.24) sits where vgg19_bn has bn3_4
     assert "features.50.weight" in d["unexpected"]

@@ -57,6 +57,12 @@ def _listing(title: str, items: list[str]) -> None:
         out(f"  ... and {len(items) - LIST_MAX} more (--json lists them all)")
 
 
+def _candidate(c: dict) -> str:
+    n = c.get("num_classes")
+    classes = f" ({n} classes)" if n not in (None, 1000) else ""
+    return f"{c['arch']}{classes} {c['score']:.3f}"
+
+
 def render(r: CompatReport) -> None:
     if r.arch is None:
         verdict = "no known architecture matches"
@@ -92,7 +98,7 @@ def render(r: CompatReport) -> None:
     for n in r.dtype_notes:
         out(f"note: {n}")
     if r.candidates and (r.requested == "auto" or r.candidates[0]["score"] >= 0.5):
-        out("candidates: " + ", ".join(f"{c['arch']} {c['score']:.3f}" for c in r.candidates))
+        out("candidates: " + ", ".join(_candidate(c) for c in r.candidates))
 
 
 def check(

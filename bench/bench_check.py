@@ -1,0 +1,139 @@
+"""ckptool check vs what users do today (build the model, torch.load, load_state_dict), side by side.
+
+    python bench/bench_check.py [--runs 5] [--dir /tmp/ckptool-bench]
+
+Uses (or builds, shared with bench_inspect.py) a full-size vgg16_bn in --dir (553 MB torch zip, and the
+legacy format without num_batches_tracked), then times each route in fresh processes (median wall and CPU
+time, ratio to `ckptool check`, the child's peak RSS):
+
+  - ckptool check FILE --arch vgg16_bn            (CLI; torch-free, header-only)
+  - ckptool check FILE                             (CLI; --arch auto ranks all 8 registry architectures)
+  - the library: open_checkpoint + compat.check    (a fresh python -c, no CLI framework)
+  - today: torchvision.models.vgg16_bn() + torch.load + load_state_dict (torchvision's layout and weight
+    init, copied inline because torchvision is not installed here)
+  - today, fastest: a meta-device model + torch.load(mmap=True) + load_state_dict(assign=True)
+
+It also times open_checkpoint + check in this process (no interpreter start-up, no imports): the cost of
+the check itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from _harness import measure, report
+
+# torchvision/models/vgg.py (make_layers, VGG with _initialize_weights), inline
+TV_VGG = r"""
+import sys, torch
+from torch import nn
+cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+def make_layers(cfg, batch_norm):
+    layers, c = [], 3
+    for v in cfg:
+        if v == "M":
+            layers += [nn.MaxPool2d(kernel_size=2, stride=2)]
+        else:
+            conv = nn.Conv2d(c, v, kernel_size=3, padding=1)
+            layers += [conv, nn.BatchNorm2d(v), nn.ReLU(inplace=True)] if batch_norm else [conv, nn.ReLU(inplace=True)]
+            c = v
+    return nn.Sequential(*layers)
+class VGG(nn.Module):
+    def __init__(self, features, num_classes=1000):
+        super().__init__()
+        self.features = features
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = nn.Sequential(nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(p=0.5),
+            nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(p=0.5), nn.Linear(4096, num_classes))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.constant_(m.bias, 0)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.constant_(m.bias, 0)
+"""
+TODAY = (
+    TV_VGG
+    + r"""
+model = VGG(make_layers(cfg, True))
+sd = torch.load(sys.argv[1], weights_only=True)
+print(model.load_state_dict(sd))  # strict: raises on a mismatch
+"""
+)
+TODAY_FAST = (
+    TV_VGG
+    + r"""
+with torch.device("meta"):
+    model = VGG(make_layers(cfg, True))
+sd = torch.load(sys.argv[1], mmap=True, weights_only=True)
+print(model.load_state_dict(sd, assign=True))
+"""
+)
+LIBRARY = r"""
+import sys
+from ckptool.formats import open_checkpoint
+from ckptool.compat import check
+r = check(open_checkpoint(sys.argv[1]), "vgg16_bn")
+assert r.compatible and "torch" not in sys.modules
+"""
+
+
+def in_process(path: Path, runs: int) -> tuple[float, float]:
+    from ckptool.compat import check
+    from ckptool.formats import open_checkpoint
+
+    opens, checks = [], []
+    for _ in range(runs + 1):
+        t0 = time.perf_counter()
+        ck = open_checkpoint(path)
+        t1 = time.perf_counter()
+        r = check(ck, "auto")
+        t2 = time.perf_counter()
+        assert r.compatible and r.arch == "vgg16_bn"
+        opens.append(t1 - t0)
+        checks.append(t2 - t1)
+    return statistics.median(opens[1:]), statistics.median(checks[1:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--dir", default="/tmp/ckptool-bench")
+    a = ap.parse_args()
+    from bench_inspect import build  # the same files as the inspect benchmark
+
+    files = build(Path(a.dir))
+    zip_path, legacy = str(files["zip"]), str(files["legacy"])
+    ck = [sys.executable, "-m", "ckptool"]
+    named = measure("ckptool check --arch vgg16_bn", [*ck, "check", zip_path, "--arch", "vgg16_bn"], a.runs)
+    auto = measure("ckptool check (--arch auto)", [*ck, "check", zip_path], a.runs)
+    leg = measure("ckptool check, legacy file", [*ck, "check", legacy, "--arch", "vgg16_bn"], a.runs)
+    lib = measure("library: open_checkpoint + check", [sys.executable, "-c", LIBRARY, zip_path], a.runs)
+    today = measure("today: vgg16_bn() + torch.load + load_state_dict", [sys.executable, "-c", TODAY, zip_path], a.runs)
+    fast = measure(
+        "today, fastest: meta model + torch.load(mmap) + assign",
+        [sys.executable, "-c", TODAY_FAST, zip_path],
+        a.runs,
+    )
+    print(report(f"check {Path(zip_path).name} (553 MB) against vgg16_bn", [named, auto, leg, lib, today, fast], named))
+    o, c = in_process(Path(zip_path), a.runs)
+    print()
+    print(f"in-process (no start-up, no imports): open_checkpoint {o * 1000:.1f} ms + check(auto) {c * 1000:.1f} ms")
+    print(f"speed-up of `ckptool check` over today's route: {today.median / named.median:.1f}x wall, "
+          f"{today.cpu_median / named.cpu_median:.1f}x CPU; over the fastest torch route: "
+          f"{fast.median / named.median:.1f}x wall")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
