@@ -114,6 +114,11 @@ def _known_prefix(keys: list[str]) -> str:
             return pre
 
 
+def known_prefix(keys: list[str]) -> str:
+    """The stacked known prefixes (``module.``, ``model.``, ``_orig_mod.``) most of ``keys`` carry, or ""."""
+    return _known_prefix(keys)
+
+
 def _prefix_candidates(keys: list[str], spec: ArchSpec) -> list[str]:
     """Prefixes worth trying: none, the known ones, and any P such that P + model key is a file key for
     at least half the model's keys (``backbone.``, ``features.`` ...)."""
@@ -255,10 +260,10 @@ def rank(ck: Checkpoint, *, part: str | None = None, num_classes: int | None = N
 # the report
 # ---------------------------------------------------------------------------------------------------
 def _label(spec: ArchSpec) -> str:
-    base = spec.name.split("[", 1)[0]
-    if spec.family == "vgg" and not base.endswith("_bn"):
-        return spec.name.replace(base, f"{base} (no BN)", 1)
-    return spec.name
+    """ "vgg16 (no BN)", "vgg16_bn", "vgg11 (no BN) features-only" """
+    base, part = _split_part(spec)
+    label = f"{base} (no BN)" if spec.family == "vgg" and not base.endswith("_bn") else base
+    return f"{label} {part}-only" if part else label
 
 
 def _split_part(spec: ArchSpec) -> tuple[str, str | None]:
@@ -420,10 +425,16 @@ def check(
             n = spec.num_classes
             report.findings.append(f"{spec.head} was replaced with a {n}-class head: use --num-classes {n}")
         if report.part and not part:
-            report.findings.append(
-                f"the file holds only {report.part!r} of {report.arch} (a backbone-only file): "
-                f"checked as --part {report.part}"
-            )
+            if report.compatible:
+                report.findings.append(
+                    f"the file holds only {report.part!r} of {report.arch} (a backbone-only file): "
+                    f"checked as --part {report.part}"
+                )
+            else:
+                report.findings.append(
+                    f"the best match is the {report.part!r} part of {report.arch} (checked as --part "
+                    f"{report.part}); the rest of the file does not match it"
+                )
         return report
 
     spec = resolve_part(resolve(arch, num_classes=num_classes, arch_args=arch_args), part)

@@ -442,3 +442,20 @@ def test_custom_callable_errors(onet, cli):
         assert r.exit_code == 2, (arch, r.stdout, r.stderr)
         assert needle in r.stderr, (arch, r.stderr)
         assert "Traceback" not in r.stderr
+
+
+def test_backbone_findings_in_words():
+    feats = {k: s for k, s in spec_shapes("vgg11").items() if k.startswith("features.")}
+    rep = check(mem_ck(feats), "vgg16")
+    assert not rep.compatible
+    assert "a vgg11 (no BN) features-only file checked against vgg16 (no BN): use --arch vgg11 --part features" in (
+        rep.findings
+    )
+    auto = check(mem_ck(feats))
+    assert (auto.arch, auto.part, auto.compatible, auto.prefix) == ("vgg11", "features", True, "features.")
+    # a backbone with a head of its own: the part matches, the head keys are unexpected, and it says so
+    with_head = {**feats, "head.weight": (10, 512), "head.bias": (10,)}
+    auto = check(mem_ck(with_head))
+    assert auto.arch == "vgg11" and auto.part == "features" and not auto.compatible
+    assert auto.unexpected == ["head.weight", "head.bias"]
+    assert any("best match is the 'features' part of vgg11" in f for f in auto.findings)
