@@ -18,7 +18,7 @@ from typing import Any
 from .arch.registry import AUTO
 from .arch.spec import WEIGHT_LAYER_TYPES, ArchSpec, join_key
 from .checkpoint import Checkpoint, TensorInfo
-from .compat import CompatReport, check
+from .compat import CompatReport, check, known_prefix
 
 PARAMETER_FREE = "(parameter-free)"
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -208,9 +208,7 @@ def layer_table(
     report = check(ck, arch, num_classes=num_classes, part=part, arch_args=arch_args)
     spec = report.spec
     if spec is None:  # auto found nothing: read the sequence off the state_dict
-        from .compat import _known_prefix
-
-        prefix = _known_prefix(ck.names())
+        prefix = known_prefix(ck.names())
         rows = infer_rows(ck, prefix)
         notes = [
             "no known architecture matches: the sequence is inferred from the state_dict alone "
