@@ -10,6 +10,7 @@ from .. import __version__
 from ._errors import CkptGroup
 from .archs import archs
 from .check import check
+from .diff import diff
 from .inspect import inspect
 from .labels import labels
 from .layers import layers
@@ -46,6 +47,7 @@ app.command("layers")(layers)
 app.command("check")(check)
 app.command("archs")(archs)
 app.command("labels")(labels)
+app.command("diff")(diff)
 
 
 def run() -> None:

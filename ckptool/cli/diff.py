@@ -1,0 +1,193 @@
+"""`ckptool diff A B`: keys, shapes, dtypes and values of two checkpoints, streamed and torch-free."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..diff import DiffReport
+from ..diff import diff as run_diff
+from ..formats import detect_format, open_checkpoint
+from ._options import JsonOpt
+from ._output import human_bytes, kv_lines, out, print_json, table, warn
+
+FileA = Annotated[
+    Path, typer.Argument(help="First file (.pth/.pt/.bin/.ckpt, .safetensors, .onnx).", show_default=False)
+]
+FileB = Annotated[Path, typer.Argument(help="Second file, any supported format.", show_default=False)]
+AtolOpt = Annotated[
+    float,
+    typer.Option(
+        "--atol",
+        help="Pass when every element differs by at most this much (NaN must match NaN). "
+        "Default 0: tensors must be bit-identical.",
+        min=0.0,
+    ),
+]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        help="Where the state_dict sits in a training checkpoint (e.g. model.ema); applies to each torch file. "
+        "Default: found automatically.",
+        show_default=False,
+    ),
+]
+KeyAOpt = Annotated[str | None, typer.Option("--key-a", help="--key for A only.", show_default=False)]
+KeyBOpt = Annotated[str | None, typer.Option("--key-b", help="--key for B only.", show_default=False)]
+OnlyOpt = Annotated[
+    list[str] | None,
+    typer.Option("--only", help="Compare only tensors whose name matches this glob (e.g. 'features.*'); repeatable."),
+]
+ExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--exclude", help="Leave out tensors whose name matches this glob (e.g. '*num_batches_tracked')."),
+]
+AllOpt = Annotated[bool, typer.Option("--all", help="List every tensor, not just the ones that differ.")]
+
+TORCH_FORMATS = ("torch-zip", "torch-legacy", "torchscript")
+SHOW = 20  # names listed per section before "... and N more"
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Any]:
+    """A progress callback that shows a rich bar on stderr, only on a terminal and only once the work
+    has run for about a second."""
+    state: dict[str, Any] = {"bar": None, "task": None, "start": time.monotonic()}
+
+    def update(done: int, total: int) -> None:
+        if state["bar"] is None:
+            if time.monotonic() - state["start"] < 1.0 or done >= total:
+                return
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+            bar = Progress(
+                f"[bold]{label}[/bold]",
+                BarColumn(),
+                DownloadColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            bar.start()
+            state["bar"], state["task"] = bar, bar.add_task(label, total=total)
+        state["bar"].update(state["task"], completed=done, total=total)
+
+    interactive = sys.stderr.isatty()
+    try:
+        yield update if interactive else None
+    finally:
+        if state["bar"] is not None:
+            state["bar"].stop()
+
+
+def _key_for(path: Path, key: str | None) -> str | None:
+    if key is None:
+        return None
+    return key if detect_format(path) in TORCH_FORMATS else None
+
+
+def _fmt_diff(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.6g}"
+
+
+def _names(title: str, names: list[str], show_all: bool) -> None:
+    out(f"{title} ({len(names)}):")
+    shown = names if show_all else names[:SHOW]
+    for n in shown:
+        out(f"  {n}")
+    if len(names) > len(shown):
+        out(f"  ... and {len(names) - len(shown)} more (--all lists them)")
+
+
+def _render(r: DiffReport, show_all: bool) -> None:
+    c = r.counts
+    kv_lines(
+        [
+            (
+                "A",
+                f"{r.a} ({r.format_a}" + (f", state_dict at {r.state_dict_key_a}" if r.state_dict_key_a else "") + ")",
+            ),
+            (
+                "B",
+                f"{r.b} ({r.format_b}" + (f", state_dict at {r.state_dict_key_b}" if r.state_dict_key_b else "") + ")",
+            ),
+            ("common tensors", f"{len(r.tensors)} ({human_bytes(r.bytes_compared)} compared)"),
+        ]
+    )
+    for n in r.notes:
+        out(f"note: {n}")
+    if r.only_in_a:
+        out()
+        _names("only in A", r.only_in_a, show_all)
+    if r.only_in_b:
+        out()
+        _names("only in B", r.only_in_b, show_all)
+    rows_src = r.tensors if show_all else r.differences()
+    if rows_src:
+        out()
+        rows = []
+        for t in rows_src[: None if show_all else 200]:
+            shape = "[" + ", ".join(map(str, t.shape_a)) + "]"
+            if t.shape_b != t.shape_a:
+                shape += " vs [" + ", ".join(map(str, t.shape_b)) + "]"
+            dtype = t.dtype_a if t.dtype_a == t.dtype_b else f"{t.dtype_a} vs {t.dtype_b}"
+            mis = "-" if t.mismatched is None else f"{t.mismatched:,} of {t.numel:,}"
+            name = t.name if t.name_b == t.name else f"{t.name} ~ {t.name_b}"
+            rows.append((name, t.status, shape, dtype, _fmt_diff(t.max_abs_diff), mis))
+        table(["tensor", "status", "shape", "dtype", "max abs diff", "elements differing"], rows, right=(4, 5))
+        if not show_all and len(rows_src) > 200:
+            out(f"... and {len(rows_src) - 200} more differing tensors (--json has them all)")
+    out()
+    tol = "bit-identical" if r.atol == 0 else f"within atol {r.atol:g}"
+    counts = ", ".join(f"{v} {k}" for k, v in c.items() if v)
+    if r.identical:
+        out(f"identical: all {len(r.tensors)} tensors {tol}" + (f" ({counts})" if c["close"] else ""))
+    elif r.no_common_names:
+        out("different: no tensor names in common, nothing was compared")
+    else:
+        parts = [counts] if counts else []
+        if r.only_in_a:
+            parts.append(f"{len(r.only_in_a)} only in A")
+        if r.only_in_b:
+            parts.append(f"{len(r.only_in_b)} only in B")
+        mx = r.max_abs_diff
+        out(f"different ({tol} required): " + "; ".join(parts) + (f"; max abs diff {_fmt_diff(mx)}" if mx else ""))
+
+
+def diff(
+    a: FileA,
+    b: FileB,
+    atol: AtolOpt = 0.0,
+    key: KeyOpt = None,
+    key_a: KeyAOpt = None,
+    key_b: KeyBOpt = None,
+    only: OnlyOpt = None,
+    exclude: ExcludeOpt = None,
+    show_all: AllOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Compare two checkpoints: keys only in A / only in B, shape and dtype differences, and the max abs
+    difference of every common tensor. Exit 0 identical (bit for bit, or within --atol), 1 different."""
+    ca = open_checkpoint(a, key=key_a if key_a is not None else _key_for(a, key))
+    with ca:
+        cb = open_checkpoint(b, key=key_b if key_b is not None else _key_for(b, key))
+        with cb, _progress("comparing") as cb_progress:
+            report = run_diff(ca, cb, atol=atol, only=only, exclude=exclude, progress=cb_progress)
+    if json_:
+        print_json(report.to_dict())
+    else:
+        _render(report, show_all)
+    if report.no_common_names and not json_:
+        warn(report.notes[-1])
+    if not report.identical:
+        raise typer.Exit(1)
