@@ -160,6 +160,7 @@ __all__ = [
     "AUTO",
     "CFGS",
     "ArchInfo",
+    "UnknownArchError",
     "describe",
     "names",
     "normalize",
