@@ -69,7 +69,8 @@ def table(
 
         t = Table(title=title, title_justify="left", show_lines=False, header_style="bold")
         for i, h in enumerate(headers):
-            t.add_column(h, justify="right" if i in right else "left", no_wrap=i == 0)
+            # keep numbers and shapes on one line; only the first column (names) may fold
+            t.add_column(h, justify="right" if i in right else "left", no_wrap=i != 0, overflow="fold")
         for r in cells:
             t.add_row(*r)
         con = Console()
