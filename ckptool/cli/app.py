@@ -11,6 +11,7 @@ from ._errors import CkptGroup
 from .archs import archs
 from .check import check
 from .diff import diff
+from .extract import extract
 from .inspect import inspect
 from .labels import labels
 from .layers import layers
@@ -47,6 +48,7 @@ app.command("layers")(layers)
 app.command("check")(check)
 app.command("archs")(archs)
 app.command("labels")(labels)
+app.command("extract")(extract)
 app.command("diff")(diff)
 
 
