@@ -11,10 +11,12 @@ from ._errors import CkptGroup
 from .archs import archs
 from .check import check
 from .diff import diff
+from .export import export
 from .extract import extract
 from .inspect import inspect
 from .labels import labels
 from .layers import layers
+from .parity import parity
 
 app = typer.Typer(
     cls=CkptGroup,
@@ -50,6 +52,8 @@ app.command("archs")(archs)
 app.command("labels")(labels)
 app.command("extract")(extract)
 app.command("diff")(diff)
+app.command("export")(export)
+app.command("parity")(parity)
 
 
 def run() -> None:

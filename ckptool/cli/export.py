@@ -1,0 +1,319 @@
+"""`ckptool export`: safetensors / torch zip (streamed, bit-exact, torch-free) or ONNX (checked, parity-verified)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import UsageError
+from ._options import ForceOpt, JsonOpt, KeyOpt, PathArg
+from ._output import human_bytes, kv_lines, out, print_json
+
+SafetensorsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--safetensors", help="Write a .safetensors file (streamed, torch-free, bit-exact check).", show_default=False
+    ),
+]
+PthOpt = Annotated[
+    Path | None,
+    typer.Option("--pth", help="Write a torch zip-format .pth file (torch-free, bit-exact check).", show_default=False),
+]
+OnnxOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--onnx", help="Write an ONNX model (needs --arch): torch.onnx dynamo export, onnx.checker, parity check.",
+        show_default=False,
+    ),
+]  # fmt: skip
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        "-a",
+        help="[onnx] Architecture: a registry name (ckptool archs), module.path:callable, torchvision:<builder>, or auto.",
+        show_default=False,
+    ),
+]
+NumClassesOpt = Annotated[
+    int | None,
+    typer.Option("--num-classes", min=1, help="[onnx] Size of the classification head.", show_default=False),
+]
+ArchArgOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--arch-arg", help="[onnx] key=value for a module:callable constructor (repeatable).", show_default=False
+    ),
+]
+InputShapeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--input-shape",
+        help="[onnx] Example input shape N,C,H,W (default: the architecture's, 1,3,224,224 for VGG). The batch "
+        "dimension is exported as dynamic.",
+        show_default=False,
+    ),
+]
+OpsetOpt = Annotated[
+    int | None, typer.Option("--opset", help="[onnx] ONNX opset, 18-23 (default 18).", show_default=False)
+]
+FeaturesOpt = Annotated[
+    bool, typer.Option("--features-only", help="[onnx] Export only model.features (output [N, 512, 7, 7] for VGG).")
+]
+ExternalOpt = Annotated[
+    bool,
+    typer.Option("--external-data", help="[onnx] Weights in OUT.data next to OUT (automatic above 2 GB)."),
+]
+NoVerifyOpt = Annotated[
+    bool, typer.Option("--no-verify", help="Skip the bit-exact check (safetensors/pth) or the parity check (onnx).")
+]
+AtolOpt = Annotated[
+    float | None,
+    typer.Option("--atol", help="[onnx] Parity: absolute tolerance (default 1e-4).", show_default=False, min=0.0),
+]
+RtolOpt = Annotated[
+    float | None,
+    typer.Option("--rtol", help="[onnx] Parity: relative tolerance (default 1e-3).", show_default=False, min=0.0),
+]
+
+ONNX_ONLY = ("--arch", "--num-classes", "--arch-arg", "--input-shape", "--opset", "--features-only", "--external-data",
+             "--atol", "--rtol")  # fmt: skip
+
+
+class _Bar:
+    """A rich progress bar on stderr, shown only on a terminal and only once the work has taken a second."""
+
+    def __init__(self, label: str, delay: float = 1.0):
+        self.label = label
+        self.delay = delay
+        self.t0 = time.monotonic()
+        self.tty = _stderr_tty()
+        self.progress: Any = None
+        self.task: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.tty:
+            return
+        if self.progress is None:
+            if time.monotonic() - self.t0 < self.delay or done >= total:
+                return
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                console=Console(stderr=True), transient=True,
+            )  # fmt: skip
+            self.progress.start()
+            self.task = self.progress.add_task(self.label, total=total)
+        self.progress.update(self.task, completed=done, total=total)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+class _Status:
+    """The current ONNX export step as a spinner on stderr (terminal only)."""
+
+    def __init__(self) -> None:
+        self.status: Any = None
+        if _stderr_tty():
+            from rich.console import Console
+
+            self.status = Console(stderr=True).status("")
+            self.status.start()
+
+    def __call__(self, phase: str) -> None:
+        if self.status is not None:
+            self.status.update(phase + " ...")
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+def _stderr_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def export(
+    path: PathArg,
+    safetensors: SafetensorsOpt = None,
+    pth: PthOpt = None,
+    onnx: OnnxOpt = None,
+    key: KeyOpt = None,
+    arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    arch_arg: ArchArgOpt = None,
+    input_shape: InputShapeOpt = None,
+    opset: OpsetOpt = None,
+    features_only: FeaturesOpt = False,
+    external_data: ExternalOpt = False,
+    no_verify: NoVerifyOpt = False,
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Convert a checkpoint: --safetensors OUT or --pth OUT (streamed, bit-exact, torch-free), or --onnx OUT
+    --arch NAME (exported, checked with onnx.checker, verified against torch). Exit 0 done, 1 parity failed,
+    2 error; no partial output file, ever."""
+    targets = [(n, p) for n, p in (("safetensors", safetensors), ("pth", pth), ("onnx", onnx)) if p is not None]
+    if len(targets) != 1:
+        raise UsageError(
+            "choose one output: --safetensors OUT, --pth OUT or --onnx OUT"
+            + (f" (got {', '.join('--' + n for n, _ in targets)})" if targets else "")
+        )
+    kind, target = targets[0]
+    if kind != "onnx":
+        given = [name for name, v in zip(ONNX_ONLY, (arch, num_classes, arch_arg, input_shape, opset,
+                 features_only or None, external_data or None, atol, rtol), strict=True) if v]  # fmt: skip
+        if given:
+            raise UsageError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to --onnx")
+        _export_tensors(path, kind, target, key=key, force=force, verify=not no_verify, json_=json_)
+        return
+    if not arch:
+        raise UsageError("--onnx needs --arch (a registry name such as vgg16_bn, module.path:callable, or auto)")
+    _export_onnx(
+        path, target, key=key, arch=arch, num_classes=num_classes, arch_arg=arch_arg, input_shape=input_shape,
+        opset=opset, features_only=features_only, external_data=external_data, verify=not no_verify, atol=atol,
+        rtol=rtol, force=force, json_=json_,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
+# safetensors / pth
+# ---------------------------------------------------------------------------------------------------
+def _export_tensors(
+    path: Path, kind: str, target: Path, *, key: str | None, force: bool, verify: bool, json_: bool
+) -> None:
+    from ..formats import open_checkpoint
+
+    ck = open_checkpoint(path, key=key)
+    bar = _Bar(f"{kind} {target.name}")
+    try:
+        if kind == "safetensors":
+            from ..convert.safetensors_writer import export_safetensors
+
+            r = export_safetensors(ck, target, force=force, verify=verify, progress=bar)
+        else:
+            from ..convert.pth_writer import export_pth
+
+            r = export_pth(ck, target, force=force, verify=verify, progress=bar)
+    finally:
+        bar.close()
+        ck.close()
+    if json_:
+        print_json(r.to_dict())
+        return
+    fmt = "safetensors" if kind == "safetensors" else "torch zip"
+    out(f"wrote {r.out} ({fmt}): {r.tensors} tensors, {human_bytes(r.bytes)} of tensor data")
+    pairs = [
+        (
+            "source",
+            f"{r.source} ({r.source_format})" + (f", state_dict at {r.state_dict_key!r}" if r.state_dict_key else ""),
+        )
+    ]
+    pairs.append(("check", f"bit-exact: {r.verify_method}" if r.verified else "skipped (--no-verify)"))
+    if r.skipped:
+        pairs.append(("skipped", f"{r.skipped} tensors"))
+    for group in r.shared:
+        pairs.append(("shared storage", ", ".join(group)))
+    pairs.append(("time", f"{r.seconds:.2f} s"))
+    for n in r.notes:
+        pairs.append(("note", n))
+    kv_lines(pairs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# onnx
+# ---------------------------------------------------------------------------------------------------
+def _export_onnx(
+    path: Path,
+    target: Path,
+    *,
+    key: str | None,
+    arch: str,
+    num_classes: int | None,
+    arch_arg: list[str] | None,
+    input_shape: str | None,
+    opset: int | None,
+    features_only: bool,
+    external_data: bool,
+    verify: bool,
+    atol: float | None,
+    rtol: float | None,
+    force: bool,
+    json_: bool,
+) -> None:
+    from ..arch.registry import parse_arch_args
+    from ..convert.onnx_export import DEFAULT_OPSET, export_onnx
+    from ..formats import open_checkpoint
+    from ..parity import DEFAULT_ATOL, DEFAULT_RTOL, parse_shape
+
+    shape = parse_shape(input_shape)
+    args = parse_arch_args(arch_arg)
+    ck = open_checkpoint(path, key=key)
+    status = _Status()
+    try:
+        r = export_onnx(
+            ck, target, arch=arch, num_classes=num_classes, arch_args=args or None, input_shape=shape,
+            opset=DEFAULT_OPSET if opset is None else opset, features_only=features_only,
+            external_data=external_data, verify=verify, atol=DEFAULT_ATOL if atol is None else atol,
+            rtol=DEFAULT_RTOL if rtol is None else rtol, force=force, status=status,
+        )  # fmt: skip
+    finally:
+        status.close()
+        ck.close()
+    if json_:
+        print_json(r.to_dict())
+    else:
+        _render_onnx(r)
+    if not r.passed:
+        raise typer.Exit(1)
+
+
+def _dims(shape: list[Any]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _render_onnx(r: Any) -> None:
+    from .parity import render_outputs
+
+    if r.written:
+        size = human_bytes(r.nbytes) + (
+            f" + {human_bytes(r.data_nbytes)} in {Path(r.data_path).name}" if r.external_data else ""
+        )
+        out(f"wrote {r.path} (ONNX opset {r.opset}, {size}{', self-contained' if not r.external_data else ''})")
+    else:
+        out(f"NOT written: {r.path} (parity failed; nothing was left behind)")
+    ins = _dims(["batch", *r.input_shape[1:]])
+    outs = ", ".join(f"{n!r} {_dims(s)}" for n, s in zip(r.output_names, r.output_shapes, strict=False))
+    pairs = [
+        ("model", f"{r.arch}{' (features only)' if r.features_only else ''}: {r.input_name!r} {ins} -> {outs}"),
+        ("onnx.checker", "passed (full check)" if r.checked else "not run"),
+    ]
+    if r.parity is None:
+        pairs.append(("parity", "skipped (--no-verify)"))
+    kv_lines(pairs)
+    if r.parity is not None:
+        render_outputs(r.parity)
+        out(r.parity.summary())
+        if not r.parity.passed:
+            out(
+                "the ONNX model does not compute what the checkpoint computes; rerun with --no-verify to keep it anyway"
+            )
+    for n in r.notes:
+        out(f"note: {n}")
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in r.seconds.items())
+    out(f"time: {steps}")

@@ -1,0 +1,560 @@
+"""Does an ONNX model compute what the checkpoint computes? Seeded inputs through torch and onnxruntime.
+
+The pass rule (Polygraphy's element-wise rule; torch is the reference ``b``, onnxruntime gives ``a``):
+
+    an element fails  <=>  |a - b| > atol  AND  |a - b| > rtol * |b|
+
+i.e. an element passes when it is within *either* tolerance. (numpy's ``isclose`` instead passes an element
+when ``|a - b| <= atol + rtol * |b|``; the two agree to within a factor of 2 and ours is the one Polygraphy
+and the issue describe.) NaN matches only NaN at the same position; an infinity matches only the same
+infinity. A model passes when no element of any output fails.
+
+Per output we report what Polygraphy reports — max / mean absolute difference, max relative difference
+``|a - b| / |b|``, and the *minimum tolerances that would have passed* (``min_atol`` = max abs diff, with no
+rtol; ``min_rtol`` = max rel diff, with no atol) — plus the atol needed at the given rtol and the rtol needed
+at the given atol (exact under the rule above), the cosine similarity of the flattened outputs, and for
+classifier outputs ``[N, C]`` the top-1 agreement (same argmax) and top-5 agreement (the same set of five
+classes).
+
+Defaults for float32 on the CPU: ``atol=1e-4``, ``rtol=1e-3``. Honest exports of VGG-sized networks differ
+by ~1e-6 relative (different convolution kernels, different summation orders); a changed weight moves
+outputs by orders of magnitude more (see the tests).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import CkptError, CorruptFileError, UsageError
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+DEFAULT_SAMPLES = 4
+DEFAULT_BATCH = 2
+DEFAULT_SEED = 0
+RULE = "an element fails when |onnx - torch| > atol and |onnx - torch| > rtol * |torch|"
+
+
+class InputShapeError(UsageError):
+    """The model cannot take inputs of the requested shape (exit 2)."""
+
+
+@dataclass
+class OutputParity:
+    """How one output of the ONNX model compares with torch's."""
+
+    name: str
+    shape: list[int]  # of all samples together
+    elements: int
+    failed_elements: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    max_rel_diff: float
+    cosine: float
+    min_atol: float  # passes with this atol and rtol=0 (Polygraphy's "abs=")
+    min_rtol: float  # passes with this rtol and atol=0 (Polygraphy's "rel=")
+    atol_at_rtol: float  # the smallest atol that passes at the requested rtol
+    rtol_at_atol: float  # the smallest rtol that passes at the requested atol
+    torch_max_abs: float  # the scale of the reference output
+    top1_agreement: float | None = None
+    top5_agreement: float | None = None
+    worst: dict[str, Any] = field(default_factory=dict)  # index, torch, onnx of the largest abs difference
+    passed: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": self.shape,
+            "elements": self.elements,
+            "failed_elements": self.failed_elements,
+            "max_abs_diff": self.max_abs_diff,
+            "mean_abs_diff": self.mean_abs_diff,
+            "max_rel_diff": self.max_rel_diff,
+            "cosine_similarity": self.cosine,
+            "min_atol": self.min_atol,
+            "min_rtol": self.min_rtol,
+            "atol_at_rtol": self.atol_at_rtol,
+            "rtol_at_atol": self.rtol_at_atol,
+            "torch_max_abs": self.torch_max_abs,
+            "top1_agreement": self.top1_agreement,
+            "top5_agreement": self.top5_agreement,
+            "worst": self.worst,
+            "passed": self.passed,
+        }
+
+
+@dataclass
+class ParityReport:
+    """The answer of :func:`run_parity`; ``to_dict()`` is the ``--json`` output."""
+
+    onnx: str
+    passed: bool
+    atol: float
+    rtol: float
+    samples: int
+    batch: int
+    seed: int
+    inputs: dict[str, list[int]]  # name -> shape of one batch
+    outputs: list[OutputParity]
+    torch_seconds: float = 0.0
+    onnx_seconds: float = 0.0
+    checkpoint: str | None = None
+    arch: str | None = None
+    features_only: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed_outputs(self) -> list[OutputParity]:
+        return [o for o in self.outputs if not o.passed]
+
+    def summary(self) -> str:
+        """One sentence: passed, or by how much it failed."""
+        if self.passed:
+            worst = max(self.outputs, key=lambda o: o.max_abs_diff)
+            return (
+                f"parity passed: {len(self.outputs)} output(s), {self.samples} samples, max abs diff "
+                f"{worst.max_abs_diff:.3g}, max rel diff {worst.max_rel_diff:.3g} (atol {self.atol:g}, rtol {self.rtol:g})"
+            )
+        parts = []
+        for o in self.failed_outputs:
+            parts.append(
+                f"{o.name!r}: {o.failed_elements} of {o.elements} elements off, max abs diff {o.max_abs_diff:.3g} "
+                f"(output scale {o.torch_max_abs:.3g}), max rel diff {o.max_rel_diff:.3g}; it would pass with "
+                f"--atol {_up(o.atol_at_rtol)} or --rtol {_up(o.rtol_at_atol)}"
+            )
+        return f"parity FAILED (atol {self.atol:g}, rtol {self.rtol:g}, {self.samples} samples): " + "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "checkpoint": self.checkpoint,
+            "onnx": self.onnx,
+            "arch": self.arch,
+            "features_only": self.features_only,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "rule": RULE,
+            "samples": self.samples,
+            "batch": self.batch,
+            "seed": self.seed,
+            "inputs": self.inputs,
+            "outputs": [o.to_dict() for o in self.outputs],
+            "torch_seconds": round(self.torch_seconds, 4),
+            "onnx_seconds": round(self.onnx_seconds, 4),
+            "summary": self.summary(),
+            "notes": self.notes,
+        }
+
+
+def _up(x: float) -> str:
+    """A tolerance a little above ``x``, short enough to type (2 significant digits, rounded up)."""
+    if not math.isfinite(x):
+        return "inf"
+    if x <= 0:
+        return "0"
+    e = math.floor(math.log10(x)) - 1
+    return f"{math.ceil(x / 10**e * 1.0000001) * 10**e:.2g}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# comparison
+# ---------------------------------------------------------------------------------------------------
+def compare(name: str, ref: np.ndarray, got: np.ndarray, *, atol: float, rtol: float) -> OutputParity:
+    """Compare onnxruntime's ``got`` with torch's ``ref`` (same shape) under :data:`RULE`."""
+    if ref.shape != got.shape:
+        raise CkptError(
+            f"output {name!r}: onnxruntime gives shape {list(got.shape)}, torch gives {list(ref.shape)}",
+            hint="the ONNX model is not this checkpoint's architecture (or not the same part of it)",
+        )
+    b = ref.astype(np.float64, copy=False).reshape(-1)
+    a = got.astype(np.float64, copy=False).reshape(-1)
+    n = b.size
+    same_special = (np.isnan(a) & np.isnan(b)) | (np.isinf(a) & np.isinf(b) & (np.sign(a) == np.sign(b)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(a - b)
+    diff[same_special] = 0.0
+    diff[np.isnan(diff)] = np.inf  # NaN against a number (or inf against a number): fails any tolerance
+    absb = np.abs(b)
+    absb[~np.isfinite(absb)] = np.inf
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(diff == 0, 0.0, diff / absb)
+    rel[np.isnan(rel)] = np.inf
+    fail = (diff > atol) & (rel > rtol)  # rel > rtol is |a - b| > rtol * |b|, without a rounding step
+    finite_b = b[np.isfinite(b)]
+    out = OutputParity(
+        name=name,
+        shape=list(ref.shape),
+        elements=n,
+        failed_elements=int(fail.sum()),
+        max_abs_diff=float(diff.max()) if n else 0.0,
+        mean_abs_diff=float(diff.mean()) if n else 0.0,
+        max_rel_diff=float(rel.max()) if n else 0.0,
+        cosine=_cosine(a, b),
+        min_atol=float(diff.max()) if n else 0.0,
+        min_rtol=float(rel.max()) if n else 0.0,
+        atol_at_rtol=float(diff[rel > rtol].max(initial=0.0)),
+        rtol_at_atol=float(rel[diff > atol].max(initial=0.0)),
+        torch_max_abs=float(np.abs(finite_b).max()) if finite_b.size else 0.0,
+    )
+    out.passed = out.failed_elements == 0
+    if n:
+        i = int(np.argmax(diff))
+        idx = [int(v) for v in np.unravel_index(i, ref.shape)]
+        out.worst = {"index": idx, "torch": float(b[i]), "onnx": float(a[i])}
+    if ref.ndim == 2 and ref.shape[1] >= 2 and ref.shape[0] > 0 and np.isfinite(ref).all() and np.isfinite(got).all():
+        out.top1_agreement = float(np.mean(np.argmax(ref, 1) == np.argmax(got, 1)))
+        if ref.shape[1] >= 5:
+            tr = np.sort(np.argpartition(-ref, 4, axis=1)[:, :5], axis=1)
+            tg = np.sort(np.argpartition(-got, 4, axis=1)[:, :5], axis=1)
+            out.top5_agreement = float(np.mean(np.all(tr == tg, axis=1)))
+    return out
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if not ok.all():
+        if not ok.any():
+            return float("nan")
+        a, b = a[ok], b[ok]
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0 and nb == 0:
+        return 1.0
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+# ---------------------------------------------------------------------------------------------------
+# inputs and runs
+# ---------------------------------------------------------------------------------------------------
+def parse_shape(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """``"1,3,224,224"`` (or ``1x3x224x224``) -> ``(1, 3, 224, 224)``; a clear error for anything else."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        dims = [int(d) for d in text]
+    else:
+        parts = [p for p in text.replace("x", ",").replace(" ", "").split(",") if p]
+        try:
+            dims = [int(p) for p in parts]
+        except ValueError:
+            raise UsageError(f"--input-shape {text!r} is not a list of integers like 1,3,224,224") from None
+    if not dims or any(d < 1 for d in dims):
+        raise UsageError(f"--input-shape {text!r}: every dimension must be a positive integer")
+    return tuple(dims)
+
+
+def _np_dtype(onnx_type: str) -> np.dtype[Any]:
+    t = onnx_type.removeprefix("tensor(").removesuffix(")")
+    table = {
+        "float": np.float32,
+        "double": np.float64,
+        "float16": np.float16,
+        "int64": np.int64,
+        "int32": np.int32,
+        "int8": np.int8,
+        "uint8": np.uint8,
+        "bool": np.bool_,
+    }
+    if t not in table:
+        raise UsageError(f"parity cannot make inputs of type {onnx_type}")
+    return np.dtype(table[t])
+
+
+def input_plan(
+    session: Any, *, batch: int, input_shape: tuple[int, ...] | None, default_shape: tuple[int, ...] | None
+) -> tuple[list[tuple[str, list[int], np.dtype[Any]]], int | None]:
+    """(name, shape of one batch, dtype) per graph input, and the batch size fixed by the graph (or None).
+
+    A symbolic first dimension becomes ``batch``; other symbolic dimensions come from ``input_shape`` (or the
+    architecture's default). ``input_shape`` applies to the first (usually only) input, its batch dimension
+    replaced by ``batch`` when the graph's batch is dynamic.
+    """
+    plan = []
+    fixed_batch: int | None = None
+    for i, inp in enumerate(session.get_inputs()):
+        dims = list(inp.shape)
+        hint = input_shape if (i == 0 and input_shape) else (default_shape if i == 0 else None)
+        if i == 0 and input_shape is not None and len(input_shape) != len(dims):
+            raise InputShapeError(
+                f"--input-shape {','.join(map(str, input_shape))} has {len(input_shape)} dimensions; the ONNX "
+                f"input {inp.name!r} has {len(dims)} ({_fmt_dims(dims)})"
+            )
+        shape: list[int] = []
+        for j, d in enumerate(dims):
+            if isinstance(d, int) and d > 0:
+                if i == 0 and input_shape is not None and j > 0 and input_shape[j] != d:
+                    raise InputShapeError(
+                        f"--input-shape {','.join(map(str, input_shape))}: the ONNX input {inp.name!r} is fixed to "
+                        f"{_fmt_dims(dims)}"
+                    )
+                shape.append(d)
+                if j == 0 and i == 0:
+                    fixed_batch = d
+            elif j == 0:
+                shape.append(batch)
+            elif hint is not None and len(hint) == len(dims):
+                shape.append(hint[j])
+            else:
+                raise InputShapeError(
+                    f"the ONNX input {inp.name!r} has a symbolic dimension {d!r} at position {j} ({_fmt_dims(dims)})",
+                    hint="give the full shape with --input-shape",
+                )
+        plan.append((inp.name, shape, _np_dtype(inp.type)))
+    return plan, fixed_batch
+
+
+def _fmt_dims(dims: Sequence[Any]) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def make_batch(
+    plan: list[tuple[str, list[int], np.dtype[Any]]], n: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """One batch of ``n`` seeded samples: standard normal floats (like normalized images), small integers."""
+    feed = {}
+    for name, shape, dt in plan:
+        s = [n, *shape[1:]]
+        if dt.kind == "f":
+            feed[name] = rng.standard_normal(s).astype(dt)
+        elif dt.kind == "b":
+            feed[name] = rng.integers(0, 2, s).astype(dt)
+        else:
+            feed[name] = rng.integers(0, 10, s).astype(dt)
+    return feed
+
+
+def open_session(onnx_path: str | os.PathLike[str]) -> Any:
+    """An onnxruntime session on the CPU provider (default graph optimizations: what users run)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(os.fspath(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise CorruptFileError(f"onnxruntime cannot load the model ({msg})", path=os.fspath(onnx_path)) from None
+
+
+def _torch_outputs(out: Any) -> list[Any]:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [v for v in out.values() if isinstance(v, torch.Tensor)]
+    if isinstance(out, (list, tuple)):
+        flat: list[Any] = []
+        for o in out:
+            flat.extend(_torch_outputs(o))
+        return flat
+    return []
+
+
+def run_parity(
+    model: Any,
+    onnx_path: str | os.PathLike[str],
+    *,
+    samples: int = DEFAULT_SAMPLES,
+    batch: int = DEFAULT_BATCH,
+    seed: int = DEFAULT_SEED,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    input_shape: tuple[int, ...] | None = None,
+    default_shape: tuple[int, ...] | None = None,
+    session: Any = None,
+) -> ParityReport:
+    """Run ``samples`` seeded inputs (in batches of ``batch``) through the torch ``model`` and the ONNX model
+    at ``onnx_path`` on onnxruntime's CPU provider, and compare every output under :data:`RULE`.
+
+    Input shapes come from the ONNX graph: a symbolic batch dimension becomes ``batch``, other symbolic
+    dimensions come from ``input_shape`` (or ``default_shape``, the architecture's). Returns a
+    :class:`ParityReport` (``passed`` False is a finding, not an exception); raises :class:`InputShapeError`
+    for inputs the model cannot take and :class:`CkptError` when the two models do not even have the same
+    outputs.
+    """
+    import torch
+
+    if samples < 1:
+        raise UsageError(f"--samples must be at least 1, not {samples}")
+    if batch < 1:
+        raise UsageError(f"--batch must be at least 1, not {batch}")
+    if not (atol >= 0 and rtol >= 0):
+        raise UsageError("--atol and --rtol must be non-negative numbers")
+    sess = session if session is not None else open_session(onnx_path)
+    plan, fixed = input_plan(sess, batch=batch, input_shape=input_shape, default_shape=default_shape)
+    notes: list[str] = []
+    if fixed is not None and fixed != batch:
+        notes.append(f"the ONNX model's batch dimension is fixed to {fixed}: ran batches of {fixed}")
+        batch = fixed
+    out_names = [o.name for o in sess.get_outputs()]
+    rng = np.random.default_rng(seed)
+    refs: list[list[np.ndarray]] = [[] for _ in out_names]
+    gots: list[list[np.ndarray]] = [[] for _ in out_names]
+    t_torch = t_onnx = 0.0
+    done = 0
+    model.eval()
+    while done < samples:
+        n = batch if fixed is not None else min(batch, samples - done)
+        feed = make_batch(plan, n, rng)
+        t = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                raw = model(*[torch.from_numpy(feed[name]) for name, _, _ in plan])
+        except (RuntimeError, ValueError, IndexError, TypeError) as e:
+            shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feed.items())
+            raise InputShapeError(f"the torch model cannot take inputs of shape {shapes}: {_first_line(e)}") from None
+        touts = [o.detach().float().numpy() if o.dtype.is_floating_point else o.numpy() for o in _torch_outputs(raw)]
+        t_torch += time.perf_counter() - t
+        if len(touts) != len(out_names):
+            raise CkptError(
+                f"the torch model returns {len(touts)} output(s), the ONNX model {len(out_names)} ({', '.join(out_names)})",
+                path=os.fspath(onnx_path),
+                hint="is the ONNX model this architecture (and --features-only the same)?",
+            )
+        t = time.perf_counter()
+        try:
+            oouts = sess.run(None, feed)
+        except Exception as e:
+            raise InputShapeError(
+                f"onnxruntime cannot run inputs of shape {plan_shapes(feed)}: {_first_line(e)}"
+            ) from None
+        t_onnx += time.perf_counter() - t
+        for i in range(len(out_names)):
+            refs[i].append(touts[i])
+            gots[i].append(np.asarray(oouts[i]))
+        done += n
+    outputs = []
+    for i, name in enumerate(out_names):
+        ref = np.concatenate(refs[i]) if refs[i][0].ndim else np.stack(refs[i])
+        got = np.concatenate(gots[i]) if gots[i][0].ndim else np.stack(gots[i])
+        outputs.append(compare(name, ref, got, atol=atol, rtol=rtol))
+    return ParityReport(
+        onnx=os.fspath(onnx_path),
+        passed=all(o.passed for o in outputs),
+        atol=atol,
+        rtol=rtol,
+        samples=done,
+        batch=batch,
+        seed=seed,
+        inputs={name: [batch, *shape[1:]] for name, shape, _ in plan},
+        outputs=outputs,
+        torch_seconds=t_torch,
+        onnx_seconds=t_onnx,
+        notes=notes,
+    )
+
+
+def plan_shapes(feed: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{k} {list(v.shape)}" for k, v in feed.items())
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:400]
+
+
+def load_reference(
+    ck: Any,
+    arch: str,
+    *,
+    num_classes: int | None = None,
+    arch_args: dict[str, str] | None = None,
+    features_only: bool = False,
+) -> tuple[Any, Any]:
+    """The torch model to compare with (and check's report): the whole model, or with ``features_only`` its
+    ``features`` sub-module, from a whole-model checkpoint or a backbone-only one."""
+    from .runtime import WeightsMismatchError, load_checked
+
+    if not features_only:
+        return load_checked(ck, arch, num_classes=num_classes, arch_args=arch_args)
+    try:
+        model, report = load_checked(ck, arch, num_classes=num_classes, arch_args=arch_args)
+    except WeightsMismatchError as whole:
+        try:  # a backbone-only file (model.features.state_dict())
+            return load_checked(ck, arch, num_classes=num_classes, arch_args=arch_args, part="features")
+        except (WeightsMismatchError, UsageError):
+            raise whole from None
+    sub = getattr(model, "features", None)
+    if sub is None:
+        raise UsageError(
+            f"--features-only: {report.arch or arch} has no 'features' sub-module",
+            hint="--features-only exports model.features (the VGG backbone)",
+        )
+    return sub, report
+
+
+def onnx_output_names(onnx_path: str | os.PathLike[str]) -> list[str]:
+    """The graph outputs' names, read torch-free from the header."""
+    from .formats import open_checkpoint
+
+    ck = open_checkpoint(onnx_path)
+    try:
+        return [o["name"] for o in ck.metadata.get("outputs", [])]
+    finally:
+        ck.close()
+
+
+def check_parity(
+    checkpoint: str | os.PathLike[str],
+    onnx_path: str | os.PathLike[str],
+    arch: str,
+    *,
+    key: str | None = None,
+    num_classes: int | None = None,
+    arch_args: dict[str, str] | None = None,
+    features_only: bool | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    batch: int = DEFAULT_BATCH,
+    seed: int = DEFAULT_SEED,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    input_shape: tuple[int, ...] | None = None,
+) -> ParityReport:
+    """``ckptool parity``: load ``checkpoint`` into ``arch`` (strictly, as :func:`ckptool.runtime.load_model`)
+    and compare it with the ONNX model at ``onnx_path``.
+
+    ``features_only`` compares the model's ``features`` sub-module; ``None`` (the default) turns it on when the
+    ONNX model's only output is named ``features`` (what ``export --onnx --features-only`` writes).
+    """
+    from .formats import open_checkpoint
+
+    onnx_path = os.fspath(onnx_path)
+    out_names = onnx_output_names(onnx_path)
+    notes = []
+    if features_only is None:
+        features_only = out_names == ["features"]
+        if features_only:
+            notes.append("the ONNX model's only output is 'features': compared with the features sub-module")
+    ck = open_checkpoint(checkpoint, key=key)
+    try:
+        model, report = load_reference(
+            ck, arch, num_classes=num_classes, arch_args=arch_args, features_only=features_only
+        )
+    finally:
+        ck.close()
+    spec = report.spec
+    rep = run_parity(
+        model,
+        onnx_path,
+        samples=samples,
+        batch=batch,
+        seed=seed,
+        atol=atol,
+        rtol=rtol,
+        input_shape=input_shape,
+        default_shape=tuple(spec.input_shape) if spec is not None else None,
+    )
+    rep.checkpoint = os.fspath(checkpoint)
+    rep.arch = report.arch or arch
+    rep.features_only = bool(features_only)
+    rep.notes = notes + rep.notes
+    return rep
