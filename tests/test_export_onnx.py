@@ -298,7 +298,7 @@ def test_text_output_and_script(tiny: dict[str, Path], tmp_path: Path, script) -
 def test_huge_model_switches_to_external_data(tiny: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
     """Above protobuf's 2 GB a self-contained file is impossible: the export writes external data instead
     (simulated by lowering the limit)."""
-    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 20_000)
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 40_000)  # the inline model is ~58 KB, the external one ~20 KB
     r = export_onnx(open_checkpoint(tiny["zip"]), tmp_path / "big.onnx", arch=TINY)
     assert r.written and r.passed and r.external_data
     assert any("2 GB" in n for n in r.notes)
