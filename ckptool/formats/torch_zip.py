@@ -18,6 +18,7 @@ from . import unpickler
 from ._torch_tree import build_checkpoint, storage_ref
 
 MAX_PICKLE_BYTES = 1 << 30
+MAX_COMPRESSED_PICKLE = 64 << 20  # torch stores pickles uncompressed; a deflated one is inflated in memory
 MAX_DEFLATE_RATIO = 1032  # deflate cannot expand more than this; a larger claimed size is a lie
 
 # What the zipfile module raises on damaged archives besides BadZipFile: short reads (EOFError), bad
@@ -70,6 +71,13 @@ def find_prefix(names: list[str], path: str) -> str:
     if not pkl:
         hint = "a numpy .npz?" if any(n.endswith(".npy") for n in names) else None
         raise UnsupportedFormatError("zip archive without a data.pkl: not a torch checkpoint", path=path, hint=hint)
+    if len(pkl) > 1:
+        raise CorruptFileError(
+            f"zip archive holds {len(pkl)} data.pkl records ({', '.join(pkl[:3])}): which one a loader reads is "
+            "ambiguous (torch picks the first member's folder)",
+            path=path,
+            hint="`ckptool scan` walks all of them",
+        )
     return pkl[0][: -len("data.pkl")]
 
 
@@ -105,7 +113,10 @@ def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
         pkl_info = by_name[prefix + "data.pkl"]
         if pkl_info.file_size > MAX_PICKLE_BYTES:
             raise CorruptFileError(f"data.pkl claims {pkl_info.file_size} bytes (limit {MAX_PICKLE_BYTES})", path=path)
-        data_pkl = _member(zf, mm, pkl_info, path)
+        if pkl_info.compress_type == zipfile.ZIP_STORED:  # walk it in place: no copy
+            pkl_buf, pkl_pos = mm, check_member(mm, pkl_info, path)
+        else:
+            pkl_buf, pkl_pos = _member(zf, mm, pkl_info, path), 0
         refs: dict[str, Any] = {}
 
         def persistent_load(pid: Any) -> Any:
@@ -119,7 +130,12 @@ def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
             return ref
 
         root, _ = unpickler.load(
-            data_pkl, persistent_load=persistent_load, torchscript=torchscript, where=f"{path}: data.pkl"
+            pkl_buf,
+            pkl_pos,
+            end=pkl_pos + pkl_info.file_size,
+            persistent_load=persistent_load,
+            torchscript=torchscript,
+            where=f"{path}: data.pkl",
         )
 
         storages: dict[str, StorageInfo] = {}
@@ -165,11 +181,17 @@ def _member(zf: zipfile.ZipFile, mm: Any, info: zipfile.ZipInfo, path: str) -> A
     off = check_member(mm, info, path)
     if info.compress_type == zipfile.ZIP_STORED:
         return mm[off : off + info.file_size]
+    if info.file_size > MAX_COMPRESSED_PICKLE:
+        raise CorruptFileError(
+            f"{info.filename} is compressed and claims {info.file_size} bytes; ckptool inflates compressed "
+            f"pickles up to {MAX_COMPRESSED_PICKLE >> 20} MB (torch itself never compresses them)",
+            path=path,
+        )
     try:
         with zf.open(info) as fh:
-            data = fh.read(MAX_PICKLE_BYTES + 1)
+            data = fh.read(MAX_COMPRESSED_PICKLE + 1)
     except ZIP_ERRORS as e:
         raise CorruptFileError(f"cannot read {info.filename} ({type(e).__name__}: {e})", path=path) from None
-    if len(data) > MAX_PICKLE_BYTES:
-        raise CorruptFileError(f"{info.filename} is larger than {MAX_PICKLE_BYTES} bytes", path=path)
+    if len(data) > MAX_COMPRESSED_PICKLE:
+        raise CorruptFileError(f"{info.filename} inflates past {MAX_COMPRESSED_PICKLE} bytes", path=path)
     return data
