@@ -1,0 +1,1153 @@
+"""Static safety and integrity analysis of weight files: what ``ckptool scan`` reports (torch-free).
+
+Nothing is ever unpickled. Every pickle in the file is walked opcode by opcode with
+:func:`pickletools.genops`, tracking only what is needed to name the globals it references: string
+constants on a symbolic stack and in the memo, so that ``STACK_GLOBAL`` resolves through ``BINGET`` /
+``MEMOIZE`` and through ``STRING``-family opcodes. Each global is judged against the reader's own
+allowlist (:data:`ckptool.formats.unpickler.ALLOWED`, after mapping Python 2 spellings with
+:func:`~ckptool.formats.unpickler.resolve_name`): **safe** (on the allowlist), **dangerous** (code
+execution, file, process or network access, nested loaders), or **unknown** (anything else). Dangerous
+and unknown globals are findings.
+
+Where the pickles are:
+  * torch zip: every member named ``*.pkl`` and every member whose bytes start with a pickle protocol
+    header (``\\x80\\x02``..``\\x80\\x05``), whatever its name; bytes after a pickle's STOP are walked as
+    further pickles;
+  * torch legacy: the five stacked pickles, then anything that parses as a pickle where the storage data
+    should start, and after the last storage;
+  * any other pickle stream (``pickle.dump`` output): every pickle until the end of the file;
+  * bytes constants inside a pickle that are themselves pickles (``pickle.loads(b"...")``).
+
+Integrity findings: the torch.hub filename hash suffix (``name-<sha256 prefix>.ext``), NaN/Inf in
+floating tensors and negative batch-norm ``running_var`` (streamed in chunks), zip CRC errors /
+duplicate names / overlapping records / local-header mismatches, the safetensors header rules, ONNX
+external-data locations outside the model's folder, and whatever the restricted reader refuses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import mmap
+import os
+import pickletools
+import re
+import stat
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import dtypes
+from .checkpoint import Checkpoint, TensorInfo
+from .errors import CkptError, CorruptFileError, UnreadableError, UnsafeFileError, UnsupportedFormatError
+from .formats import onnx as onnx_format
+from .formats import open_checkpoint, torch_zip
+from .formats.sniff import LEGACY_HEAD
+from .formats.unpickler import (
+    MAX_MARK_DEPTH,
+    MAX_MEMO,
+    MAX_OPS,
+    MAX_STACK,
+    Memo,
+    _Source,
+    is_allowed,
+    is_torchscript_name,
+    resolve_name,
+)
+
+SAFE, DANGEROUS, UNKNOWN = "safe", "dangerous", "unknown"
+
+# Modules whose every attribute can run code or touch the system (files, processes, network, the
+# interpreter). Matched on the module that Python would really import, and on its submodules.
+DANGEROUS_MODULES = frozenset(
+    {
+        "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "_posixsubprocess", "sys", "shutil", "socket",
+        "runpy", "importlib", "imp", "ctypes", "_ctypes", "pty", "multiprocessing", "code", "codeop", "pdb",
+        "bdb", "webbrowser", "marshal", "pickle", "_pickle", "pickletools", "dill", "cloudpickle", "joblib",
+        "shelve", "types", "asyncio", "signal", "threading", "_thread", "urllib", "http", "ftplib", "smtplib",
+        "telnetlib", "requests", "tempfile", "glob", "io", "_io", "zipimport", "pkgutil", "site", "sysconfig",
+        "gc", "inspect", "linecache", "timeit", "trace", "cProfile", "profile", "platform",
+        "torch.serialization", "torch.hub", "torch.jit", "torch.package", "torch._inductor", "torch._dynamo",
+        "torch.utils.cpp_extension", "torch.distributed", "torch._C", "torch.ops", "torch.library",
+        "numpy.testing", "numpy.f2py", "numpy.distutils", "numpy.ctypeslib",
+    }
+)  # fmt: skip
+# Single names in otherwise harmless modules.
+DANGEROUS_NAMES = frozenset(
+    {
+        "builtins.eval", "builtins.exec", "builtins.compile", "builtins.getattr", "builtins.setattr",
+        "builtins.delattr", "builtins.__import__", "builtins.open", "builtins.input", "builtins.breakpoint",
+        "builtins.globals", "builtins.locals", "builtins.vars", "builtins.help", "builtins.exit", "builtins.quit",
+        "builtins.memoryview", "builtins.type", "builtins.object", "builtins.super", "builtins.classmethod",
+        "builtins.staticmethod", "builtins.property", "builtins.__build_class__", "builtins.execfile",
+        "builtins.file", "builtins.reload", "builtins.apply",
+        "functools.partial", "functools.partialmethod", "functools.reduce", "functools.singledispatch",
+        "operator.attrgetter", "operator.itemgetter", "operator.methodcaller", "operator.getitem",
+        "operator.setitem", "operator.delitem", "operator.call",
+        "torch.load", "torch.save", "torch.storage._load_from_bytes", "torch._utils._rebuild_device_tensor_from_numpy",
+        "torch.from_file", "torch._load_global_deps", "torch.compile",
+        "numpy.load", "numpy.save", "numpy.fromfile", "numpy.loadtxt", "numpy.genfromtxt", "numpy.memmap",
+        "numpy.lib.npyio.load", "numpy.lib._npyio_impl.load",
+        "codecs.open", "_codecs.open", "copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__",
+        "collections.namedtuple", "functools.cached_property",
+    }
+)  # fmt: skip
+
+PICKLE_MAGIC = tuple(bytes([0x80, p]) for p in (2, 3, 4, 5))
+# torch.hub: HASH_REGEX = re.compile(r'-([a-f0-9]*)\.'), searched in the file name; check_hash then
+# compares that prefix with the sha256 hex digest. Six hex digits at least, to avoid judging dates.
+HASH_SUFFIX = re.compile(r"-([a-f0-9]{6,64})\.")
+CHUNK = 16 << 20
+MAX_NESTED_PICKLE = 64 << 20  # bytes constants scanned as pickles up to this size
+MAX_NESTED_DEPTH = 3
+MAX_FINDINGS_PER_KIND = 50
+LEGACY_NAMES = ("magic number", "protocol version", "sys_info", "object", "storage keys")
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GlobalRef:
+    """One reference to a global in a pickle."""
+
+    name: str  # module.name as Python would import it (Python 2 spellings mapped)
+    verdict: str  # safe | dangerous | unknown
+    where: str  # which pickle: zip member, legacy pickle, ...
+    offset: int  # file offset of the opcode (-1 inside compressed members or nested bytes)
+    opcode: str  # GLOBAL | STACK_GLOBAL | INST | EXT1/2/4
+    spelled: str | None = None  # the name as written, when Python maps it (``__builtin__.eval``)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"name": self.name, "verdict": self.verdict, "where": self.where, "offset": self.offset}
+        d["opcode"] = self.opcode
+        if self.spelled:
+            d["spelled"] = self.spelled
+        return d
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # dangerous-global, unknown-global, hash-mismatch, nan, ... (see README)
+    message: str
+    where: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "where": self.where}
+
+
+@dataclass(frozen=True)
+class PickleInfo:
+    where: str
+    offset: int  # file offset of the first opcode (-1 inside compressed members or nested bytes)
+    length: int  # bytes walked
+    protocol: int | None
+    opcodes: int
+    complete: bool  # reached STOP
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "where": self.where, "offset": self.offset, "length": self.length, "protocol": self.protocol,
+            "opcodes": self.opcodes, "complete": self.complete, "error": self.error,
+        }  # fmt: skip
+
+
+@dataclass
+class ScanReport:
+    path: str
+    format: str  # torch-zip | torchscript | torch-legacy | pickle | safetensors | onnx
+    pickles: list[PickleInfo] = field(default_factory=list)
+    globals: list[GlobalRef] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    values_checked: bool = False
+    tensors_checked: int = 0
+    sha256: str | None = None
+
+    @property
+    def safe(self) -> bool:
+        """No finding at all: no dangerous or unknown global and no integrity problem."""
+        return not self.findings
+
+    def global_summary(self) -> list[dict[str, Any]]:
+        """One entry per distinct global: name, verdict, how often and where it is referenced."""
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for g in self.globals:
+            e = out.setdefault((g.name, g.verdict), {"name": g.name, "verdict": g.verdict, "count": 0, "where": []})
+            e["count"] += 1
+            if g.where not in e["where"]:
+                e["where"].append(g.where)
+            if g.spelled and "spelled" not in e:
+                e["spelled"] = g.spelled
+        order = {DANGEROUS: 0, UNKNOWN: 1, SAFE: 2}
+        return sorted(out.values(), key=lambda e: (order.get(e["verdict"], 3), e["name"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "safe": self.safe,
+            "globals": self.global_summary(),
+            "findings": [f.to_dict() for f in self.findings],
+            "pickles": [p.to_dict() for p in self.pickles],
+            "notes": self.notes,
+            "values_checked": self.values_checked,
+            "tensors_checked": self.tensors_checked,
+            "sha256": self.sha256,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Classification
+# --------------------------------------------------------------------------------------------
+def classify(qualname: str, *, torchscript: bool = False) -> str:
+    """safe / dangerous / unknown for a resolved ``module.name`` (same allowlist as the reader)."""
+    if is_allowed(qualname) or (torchscript and is_torchscript_name(qualname)):
+        return SAFE
+    if qualname in DANGEROUS_NAMES:
+        return DANGEROUS
+    module = qualname.rpartition(".")[0]
+    parts = module.split(".")
+    for i in range(1, len(parts) + 1):
+        if ".".join(parts[:i]) in DANGEROUS_MODULES:
+            return DANGEROUS
+    return UNKNOWN
+
+
+def _split_global(arg: Any) -> tuple[str, str]:
+    module, _, name = str(arg).partition(" ")
+    return module, name
+
+
+# --------------------------------------------------------------------------------------------
+# The opcode walk (never executes anything)
+# --------------------------------------------------------------------------------------------
+class _Any:
+    """A stack value scan does not track (anything but a string)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return "<any>"
+
+
+ANY = _Any()
+
+
+@dataclass(frozen=True)
+class _GlobalVal:
+    """A stack value that is a global itself (the target of a later BUILD, REDUCE, ...)."""
+
+    module: str
+    name: str
+
+
+_STRING_OPS = frozenset(
+    {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+)
+_BYTES_OPS = frozenset({"BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"})
+_MEMO_PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_MEMO_GET = frozenset({"GET", "BINGET", "LONG_BINGET"})
+
+
+def _effects() -> dict[str, tuple[bool, int, int]]:
+    """opcode name -> (pops down to the last MARK, then pops below it, then pushes), from pickletools' own
+    opcode table. APPENDS is [list, markobject, stackslice] -> [list]: the slice, then 1, then push 1."""
+    out = {}
+    for op in pickletools.opcodes:
+        before, after = op.stack_before, op.stack_after
+        if pickletools.markobject in before:
+            out[op.name] = (True, before.index(pickletools.markobject), len(after))
+        else:
+            out[op.name] = (False, len(before), len(after))
+    return out
+
+
+_EFFECTS = _effects()
+
+
+@dataclass
+class _Walk:
+    globals: list[tuple[str, str, int, str]]  # (module, name, file offset, opcode)
+    nested: list[tuple[int, bytes]]  # (file offset of the opcode, bytes constant that looks like a pickle)
+    unresolved: list[tuple[int, str]]  # (offset, why) STACK_GLOBAL whose names are not constant strings
+    extensions: list[tuple[int, str, int]]  # (offset, opcode, code) EXT1/2/4
+    buffers: list[tuple[int, str]]  # NEXT_BUFFER / READONLY_BUFFER
+    builds: list[tuple[int, str]] = field(default_factory=list)  # (offset, module.name) BUILD on a global
+    protocol: int | None = None
+    opcodes: int = 0
+    end: int = 0  # position after the last opcode read
+    complete: bool = False
+    error: str | None = None
+
+
+# opcode name -> what walk_pickle does with it; anything else takes its generic stack effect
+_K_STRING, _K_BYTES, _K_PUT, _K_MEMOIZE, _K_GET, _K_DUP, _K_POP, _K_MARK = range(8)
+_K_GLOBAL, _K_INST, _K_STACK_GLOBAL, _K_BUILD, _K_EXT, _K_BUFFER, _K_PROTO, _K_FRAME, _K_STOP = range(8, 17)
+_KIND: dict[str, int] = {
+    **dict.fromkeys(_STRING_OPS, _K_STRING),
+    **dict.fromkeys(_BYTES_OPS, _K_BYTES),
+    **dict.fromkeys(_MEMO_PUT, _K_PUT),
+    **dict.fromkeys(_MEMO_GET, _K_GET),
+    "MEMOIZE": _K_MEMOIZE, "DUP": _K_DUP, "POP": _K_POP, "MARK": _K_MARK, "GLOBAL": _K_GLOBAL, "INST": _K_INST,
+    "STACK_GLOBAL": _K_STACK_GLOBAL, "BUILD": _K_BUILD, "EXT1": _K_EXT, "EXT2": _K_EXT, "EXT4": _K_EXT,
+    "NEXT_BUFFER": _K_BUFFER, "READONLY_BUFFER": _K_BUFFER, "PROTO": _K_PROTO, "FRAME": _K_FRAME, "STOP": _K_STOP,
+}  # fmt: skip
+_CHECK_EVERY = 0xFFF
+
+
+def _nested_str(arg: Any) -> bytes | None:
+    """A str constant that holds a pickle (protocol 2 pickles bytes as _codecs.encode(<latin-1 str>))."""
+    if isinstance(arg, str) and arg[:1] == "\x80" and arg[1:2] in ("\x02", "\x03", "\x04", "\x05"):
+        try:
+            data = arg.encode("latin-1")
+        except UnicodeEncodeError:
+            return None
+        return data if len(data) <= MAX_NESTED_PICKLE else None
+    return None
+
+
+def walk_pickle(buf: Any, pos: int = 0, end: int | None = None) -> _Walk:
+    """Walk one pickle from ``buf[pos:]`` (never past ``end``); collect the globals it references.
+
+    Never raises for a malformed pickle: the walk stops and ``error`` says why, keeping every global
+    seen before that point (``pickle.load`` would already have run them).
+    """
+    end = len(buf) if end is None else min(end, len(buf))
+    w = _Walk(globals=[], nested=[], unresolved=[], extensions=[], buffers=[], end=pos)
+    src = _Source(buf, pos)
+    tell = src.tell
+    stack: list[Any] = []
+    push = stack.append
+    marks: list[int] = []
+    memo = Memo()
+    dense = memo.dense
+    kinds = _KIND
+    effects = _EFFECTS
+
+    def pop(n: int) -> list[Any]:
+        if n > len(stack) - (marks[-1] if marks else 0):
+            raise ValueError("stack underflow")
+        if n == 0:
+            return []
+        items = stack[-n:]
+        del stack[-n:]
+        return items
+
+    def check(n: int) -> None:
+        if tell() > end:
+            raise ValueError(f"runs past the end of its container at byte {end}")
+        if n > MAX_OPS or len(stack) > MAX_STACK:
+            raise ValueError("exceeds ckptool's size bounds")
+
+    n = 0
+    try:
+        for op, arg, at in pickletools.genops(src):  # type: ignore[arg-type]
+            n += 1
+            if not n & _CHECK_EVERY:
+                check(n)
+            name = op.name
+            kind = kinds.get(name)
+            if kind is None:  # everything that only moves values around: its stack effect
+                to_mark, pops, pushes = effects[name]
+                if to_mark:
+                    if not marks:
+                        raise ValueError(f"{name} without a MARK")
+                    del stack[marks.pop() :]
+                if pops:
+                    pop(pops)
+                if pushes:
+                    push(ANY)
+                continue
+            if kind == _K_STRING:
+                if isinstance(arg, str) and arg.startswith("\x80"):
+                    data = _nested_str(arg)
+                    if data:
+                        w.nested.append((at if at is not None else -1, data))
+                push(arg)
+            elif kind in (_K_PUT, _K_MEMOIZE):
+                if not stack or (marks and marks[-1] == len(stack)):
+                    raise ValueError(f"{name} on an empty stack")
+                size = len(dense) + len(memo.sparse)
+                if size >= MAX_MEMO:
+                    raise ValueError(f"memo exceeds {MAX_MEMO} entries")
+                i = size if kind == _K_MEMOIZE else int(arg or 0)
+                if i == len(dense) and not memo.sparse:
+                    dense.append(stack[-1])
+                else:
+                    memo.put(i, stack[-1])
+            elif kind == _K_GET:
+                i = int(arg or 0)
+                push(dense[i] if 0 <= i < len(dense) else memo.get(i))
+            elif kind == _K_DUP:
+                if not stack:
+                    raise ValueError("DUP on an empty stack")
+                push(stack[-1])
+            elif kind == _K_POP:
+                if marks and marks[-1] == len(stack):
+                    marks.pop()
+                else:
+                    pop(1)
+            elif kind == _K_MARK:
+                if len(marks) >= MAX_MARK_DEPTH:
+                    raise ValueError(f"nests deeper than {MAX_MARK_DEPTH}")
+                marks.append(len(stack))
+            elif kind == _K_BYTES:
+                data = arg or b""
+                if data[:2] in PICKLE_MAGIC and len(data) <= MAX_NESTED_PICKLE:
+                    w.nested.append((at if at is not None else -1, bytes(data)))
+                push(ANY)
+            elif kind == _K_GLOBAL:
+                module, gname = _split_global(arg)
+                w.globals.append((module, gname, at if at is not None else -1, name))
+                push(_GlobalVal(module, gname))
+            elif kind == _K_STACK_GLOBAL:
+                gname, module = (pop(2) or [ANY, ANY])[::-1]
+                here = at if at is not None else -1
+                if isinstance(module, str) and isinstance(gname, str):
+                    w.globals.append((module, gname, here, name))
+                    push(_GlobalVal(module, gname))
+                else:
+                    w.unresolved.append((here, "module and name are not string constants"))
+                    push(ANY)
+            elif kind == _K_INST:
+                module, gname = _split_global(arg)
+                w.globals.append((module, gname, at if at is not None else -1, name))
+                if not marks:
+                    raise ValueError("INST without a MARK")
+                del stack[marks.pop() :]
+                push(ANY)
+            elif kind == _K_BUILD:
+                pop(1)
+                if not stack or (marks and marks[-1] == len(stack)):
+                    raise ValueError("BUILD on an empty stack")
+                target = stack[-1]
+                if isinstance(target, _GlobalVal):
+                    w.builds.append((at if at is not None else -1, f"{target.module}.{target.name}"))
+            elif kind == _K_EXT:
+                w.extensions.append((at if at is not None else -1, name, int(arg or 0)))
+                push(ANY)
+            elif kind == _K_BUFFER:
+                w.buffers.append((at if at is not None else -1, name))
+                if name == "READONLY_BUFFER":
+                    pop(1)
+                push(ANY)
+            elif kind == _K_PROTO:
+                w.protocol = int(arg or 0)
+            elif kind == _K_STOP:
+                check(n)
+                w.complete = True
+                break
+            # _K_FRAME: nothing to do
+        else:  # pragma: no cover - genops raises before running out
+            raise ValueError("pickle exhausted before seeing STOP")
+    except CorruptFileError as e:  # memo lookups
+        w.error = e.message
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, UnicodeDecodeError, struct.error) as e:
+        w.error = str(e) or type(e).__name__
+    except (MemoryError, RecursionError) as e:
+        w.error = f"{type(e).__name__}: too large to walk"
+    w.opcodes = n
+    if not w.complete and w.error is None:
+        w.error = "pickle exhausted before seeing STOP"
+    w.end = min(tell(), end)
+    return w
+
+
+# --------------------------------------------------------------------------------------------
+# The scanner
+# --------------------------------------------------------------------------------------------
+class _Scanner:
+    def __init__(self, path: str, mm: mmap.mmap, values: bool) -> None:
+        self.path = path
+        self.mm = mm
+        self.size = len(mm)
+        self.values = values
+        self.report = ScanReport(path=path, format="unknown")
+        self.torchscript = False
+        self._counts: dict[str, int] = {}
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    def find(self, kind: str, message: str, where: str | None = None) -> None:
+        n = self._counts.get(kind, 0) + 1
+        self._counts[kind] = n
+        if n <= MAX_FINDINGS_PER_KIND:
+            self.report.findings.append(Finding(kind, message, where))
+        elif n == MAX_FINDINGS_PER_KIND + 1:
+            self.report.notes.append(f"more than {MAX_FINDINGS_PER_KIND} {kind} findings; the rest are not listed")
+
+    def record_walk(self, w: _Walk, where: str, base: int | None, pos: int, depth: int = 0) -> None:
+        """Turn a walk of buf[pos:] into a PickleInfo, globals and findings. ``base``: file offset of buf[0]
+        (None when buf is not the file itself: a decompressed member, a bytes constant)."""
+
+        def at(off: int) -> int:
+            return -1 if base is None or off < 0 else base + off
+
+        self.report.pickles.append(PickleInfo(where, at(pos), w.end - pos, w.protocol, w.opcodes, w.complete, w.error))
+        seen: set[str] = set()
+        for module, gname, off, opcode in w.globals:
+            rmod, rname = resolve_name(module, gname)
+            qual = f"{rmod}.{rname}"
+            spelled = f"{module}.{gname}" if (rmod, rname) != (module, gname) else None
+            verdict = classify(qual, torchscript=self.torchscript)
+            self.report.globals.append(GlobalRef(qual, verdict, where, at(off), opcode, spelled))
+            if verdict == SAFE or qual in seen:
+                continue
+            seen.add(qual)
+            also = f" (written as {spelled})" if spelled else ""
+            if verdict == DANGEROUS:
+                self.find(
+                    "dangerous-global",
+                    f"references {qual}{also}: pickle.load or torch.load(weights_only=False) would import and can "
+                    "call it",
+                    where,
+                )
+            else:
+                self.find(
+                    "unknown-global",
+                    f"references {qual}{also}, which is not on the tensor allowlist: torch.load(weights_only=True) "
+                    "refuses it and pickle.load would import it",
+                    where,
+                )
+        for off, why in w.unresolved:
+            self.report.globals.append(GlobalRef("<unresolved>", DANGEROUS, where, at(off), "STACK_GLOBAL"))
+            self.find(
+                "unresolved-global",
+                f"STACK_GLOBAL at byte {at(off)} imports a name built at load time ({why}): it cannot be checked",
+                where,
+            )
+        for off, opcode, code in w.extensions:
+            self.report.globals.append(GlobalRef(f"<copyreg extension {code}>", DANGEROUS, where, at(off), opcode))
+            self.find(
+                "dangerous-global", f"{opcode} imports copyreg extension {code}, which can name any global", where
+            )
+        for off, qual in w.builds:
+            rmod, _, rname = qual.rpartition(".")
+            rmod, rname = resolve_name(rmod, rname)
+            self.find(
+                "unsafe-build",
+                f"BUILD at byte {at(off)} sets attributes on {rmod}.{rname} itself (monkey-patching on load)",
+                where,
+            )
+        for off, opcode in w.buffers:
+            self.find(
+                "unknown-opcode", f"{opcode} at byte {at(off)}: out-of-band buffers have no place in a file", where
+            )
+        for i, (off, data) in enumerate(w.nested):
+            if depth >= MAX_NESTED_DEPTH:
+                self.report.notes.append(f"{where}: pickles nested deeper than {MAX_NESTED_DEPTH} were not walked")
+                break
+            label = f"{where} > bytes constant {i + 1} at byte {at(off)}"
+            self.walk_stream(data, 0, len(data), label, None, depth=depth + 1, probe=True)
+
+    def walk_stream(
+        self, buf: Any, pos: int, end: int, where: str, base: int | None, *, depth: int = 0, probe: bool = False
+    ) -> int:
+        """Walk pickles back to back in buf[pos:end]. Returns where walking stopped.
+
+        ``probe``: buf may not be a pickle at all (a renamed zip member, a bytes constant): ignore it silently
+        unless the first walk reaches STOP or names a global.
+        """
+        k = 0
+        while pos < end:
+            k += 1
+            w = walk_pickle(buf, pos, end)
+            if (k > 1 or probe) and not (w.complete or w.globals or w.extensions or w.unresolved or w.builds):
+                if k > 1:
+                    self.find("trailing-data", f"{end - pos} bytes follow the pickle's STOP (at byte {pos})", where)
+                return pos
+            label = where if k == 1 else f"{where}, pickle {k} (at byte {pos})"
+            self.record_walk(w, label, base, pos, depth)
+            if not w.complete:
+                self.find(
+                    "invalid-pickle",
+                    f"not a valid pickle at byte {w.end}: {w.error}; pickle.load stops there, after running every "
+                    "opcode before it",
+                    label,
+                )
+                return pos
+            if k > 1:
+                self.find(
+                    "hidden-pickle",
+                    "another pickle follows the first one's STOP: torch.load ignores it, other loaders may not",
+                    label,
+                )
+            pos = w.end
+        return pos
+
+    # -- formats --------------------------------------------------------------------------------
+    def scan(self) -> ScanReport:
+        head = bytes(self.mm[:4096])
+        if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+            self.scan_zip()
+        elif (head[:1] == b"\x80" and head[2:14] == LEGACY_HEAD) or head.startswith(LEGACY_HEAD):
+            self.scan_legacy()
+        elif len(head) >= 9 and head[8:9] == b"{":
+            self.scan_safetensors()
+        elif onnx_format.looks_like_onnx(head):
+            self.scan_onnx()
+        else:
+            self.scan_bare(head)
+        self.check_hash_suffix()
+        return self.report
+
+    def scan_bare(self, head: bytes) -> None:
+        w = walk_pickle(self.mm, 0, self.size)
+        if not (w.complete or w.globals) or (w.opcodes < 2 and not head.startswith(PICKLE_MAGIC)):
+            try:
+                from .formats.sniff import sniff_bytes
+
+                sniff_bytes(head, self.size)
+            except UnsupportedFormatError as e:
+                raise UnsupportedFormatError(e.message, path=self.path, hint=e.hint) from None
+            raise UnsupportedFormatError(  # pragma: no cover - sniff_bytes raises for anything left
+                "not a checkpoint ckptool recognises", path=self.path
+            )
+        self.report.format = "pickle"
+        self.report.notes.append("a bare pickle stream (not torch.save output): globals listed, values not checked")
+        self.walk_stream(self.mm, 0, self.size, "pickle", 0)
+
+    def scan_legacy(self) -> None:
+        self.report.format = "torch-legacy"
+        pos = 0
+        for i, label in enumerate(LEGACY_NAMES):
+            where = f"pickle {i + 1} ({label})"
+            w = walk_pickle(self.mm, pos, self.size)
+            self.record_walk(w, where, 0, pos)
+            if not w.complete:
+                self.find("invalid-pickle", f"not a valid pickle at byte {w.end}: {w.error}", where)
+                return
+            pos = w.end
+        # anything that parses as a pickle where the storage data should start is a hidden pickle
+        k = len(LEGACY_NAMES)
+        while pos < self.size and bytes(self.mm[pos : pos + 2]) in PICKLE_MAGIC:
+            w = walk_pickle(self.mm, pos, self.size)
+            if not w.complete:
+                break
+            k += 1
+            where = f"pickle {k} (after the storage keys)"
+            self.record_walk(w, where, 0, pos)
+            self.find("hidden-pickle", "an extra pickle sits where the storage data should start", where)
+            pos = w.end
+        ck = self.open_reader()
+        if ck is None:
+            return
+        with ck:
+            ends = [
+                t.storage.source.offset + t.storage.source.nbytes for t in ck.tensors if t.storage and t.storage.source
+            ]
+            last = max(ends, default=pos)
+            if last < self.size:
+                self.walk_stream(self.mm, last, self.size, f"{self.size - last} bytes after the last storage", 0,
+                                 probe=True)  # fmt: skip
+                if not any(p.offset == last for p in self.report.pickles):
+                    self.find("trailing-data", f"{self.size - last} bytes follow the last storage")
+            self.check_values(ck)
+
+    def scan_zip(self) -> None:
+        self.report.format = "torch-zip"
+        zf = torch_zip._open_zip(self.path)
+        with zf:
+            infos = zf.infolist()
+            names = [i.filename for i in infos]
+            self.torchscript = any("/code/" in f"/{n}" or n.endswith("constants.pkl") for n in names)
+            if self.torchscript:
+                self.report.format = "torchscript"
+                self.report.notes.append(
+                    "TorchScript archive: torch.jit.load compiles and runs its code/ folder (TorchScript, not "
+                    "Python); __torch__.* globals name its classes"
+                )
+            self.check_zip_structure(zf, infos)
+            for info in infos:
+                if info.is_dir():
+                    continue
+                try:
+                    self.scan_member(zf, info)
+                except torch_zip.ZIP_ERRORS as e:
+                    self.find("zip-corrupt", f"cannot read member ({type(e).__name__}: {e})", info.filename)
+                except CorruptFileError as e:
+                    self.find("zip-corrupt", e.message, info.filename)
+        ck = self.open_reader()
+        if ck is not None:
+            with ck:
+                self.check_values(ck)
+
+    def check_zip_structure(self, zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None:
+        seen: dict[str, int] = {}
+        for info in infos:
+            seen[info.filename] = seen.get(info.filename, 0) + 1
+        for name, n in seen.items():
+            if n > 1:
+                self.find("zip-duplicate", f"{n} members share this name: which one a loader reads is ambiguous", name)
+        pkls = [n for n in seen if n == "data.pkl" or n.endswith("/data.pkl")]
+        if len(pkls) > 1:
+            self.find(
+                "zip-duplicate",
+                f"{len(pkls)} data.pkl members ({', '.join(pkls[:4])}): torch reads the one under the first "
+                "member's folder, other tools may read another",
+            )
+        spans: list[tuple[int, int, str]] = []
+        for info in infos:
+            h = info.header_offset
+            if h < 0 or h + 30 > self.size or bytes(self.mm[h : h + 4]) != b"PK\x03\x04":
+                self.find("zip-corrupt", f"local header at offset {h} is missing or damaged", info.filename)
+                continue
+            name_len, extra_len = struct.unpack("<HH", self.mm[h + 26 : h + 30])
+            local = bytes(self.mm[h + 30 : h + 30 + name_len]).decode(
+                "utf-8" if info.flag_bits & 0x800 else "cp437", "replace"
+            )
+            if local != info.orig_filename:
+                self.find(
+                    "zip-name-mismatch",
+                    f"the local header names it {local[:80]!r}: tools that walk local headers see another file",
+                    info.filename,
+                )
+            data = h + 30 + name_len + extra_len
+            stop = data + info.compress_size
+            if stop > self.size:
+                self.find("zip-corrupt", f"record runs past the end of the file ({stop} > {self.size})", info.filename)
+            if info.flag_bits & 0x1:
+                self.find("zip-corrupt", "member is encrypted", info.filename)
+            spans.append((h, stop, info.filename))
+        spans.sort()
+        for (a0, a1, an), (b0, _b1, bn) in itertools.pairwise(spans):
+            if b0 < a1:
+                self.find(
+                    "zip-overlap",
+                    f"records overlap: {an!r} spans [{a0}, {a1}) and {bn!r} starts at {b0} (a zip bomb or a smuggled member)",
+                    bn,
+                )
+        if spans and zf.start_dir < max(s[1] for s in spans):
+            self.find("zip-overlap", "the central directory overlaps member data")
+
+    def scan_member(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+        stored = info.compress_type == zipfile.ZIP_STORED
+        name = info.filename
+        is_storage = "/data/" in f"/{name}" and not name.endswith(".pkl")
+        pkl = name.endswith(".pkl")
+        if stored:
+            off = torch_zip.check_member(self.mm, info, self.path)
+            end = off + info.compress_size
+            if pkl or bytes(self.mm[off : off + 2]) in PICKLE_MAGIC:
+                self.walk_stream(self.mm, off, end, name, 0, probe=not pkl)
+            if self.values or not is_storage or info.file_size <= 1 << 20:
+                self.crc(info, off, end)
+            return
+        torch_zip.check_member(self.mm, info, self.path)
+        with zf.open(info) as fh:
+            head = fh.read(2)
+        if pkl or head in PICKLE_MAGIC:
+            data = torch_zip._member(zf, self.mm, info, self.path)  # bounded; zipfile checks the CRC
+            self.walk_stream(data, 0, len(data), name, None, probe=not pkl)
+            return
+        if self.values or not is_storage:
+            try:
+                with zf.open(info) as fh:
+                    while fh.read(CHUNK):
+                        pass
+            except zipfile.BadZipFile as e:
+                self.find("zip-crc", str(e), name)
+
+    def crc(self, info: zipfile.ZipInfo, off: int, end: int) -> None:
+        crc = 0
+        with open(self.path, "rb") as fh:
+            fh.seek(off)
+            left = end - off
+            while left > 0:
+                chunk = fh.read(min(CHUNK, left))
+                if not chunk:
+                    break
+                crc = zlib.crc32(chunk, crc)
+                left -= len(chunk)
+        if crc != info.CRC:
+            self.find(
+                "zip-crc",
+                f"CRC-32 is {crc:08x} but the directory says {info.CRC:08x}: the record was modified or damaged",
+                info.filename,
+            )
+
+    def scan_safetensors(self) -> None:
+        self.report.format = "safetensors"
+        mm, size = self.mm, self.size
+        where = "header"
+        if size < 8:
+            self.find("safetensors-header", "file is shorter than its 8-byte header length", where)
+            return
+        (n,) = struct.unpack("<Q", mm[:8])
+        if n > 100_000_000:
+            self.find("safetensors-header", f"header length {n} exceeds the 100 MB limit", where)
+            return
+        if 8 + n > size:
+            self.find("safetensors-header", f"header length {n} overflows the file ({size - 8} bytes after it)", where)
+            return
+        raw = bytes(mm[8 : 8 + n])
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            self.find("safetensors-header", f"header is not UTF-8 ({e.reason} at byte {8 + e.start})", where)
+            return
+        dups: list[str] = []
+
+        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for k, v in items:
+                if k in out:
+                    dups.append(k)
+                out[k] = v
+            return out
+
+        try:
+            header = json.loads(text, object_pairs_hook=pairs)
+        except (ValueError, RecursionError) as e:
+            self.find("safetensors-header", f"header is not valid JSON ({str(e)[:120]})", where)
+            return
+        for k in dict.fromkeys(dups):
+            self.find("safetensors-header", f"duplicate key {k!r}: which entry a reader keeps is ambiguous", where)
+        if not isinstance(header, dict):
+            self.find("safetensors-header", "header is not a JSON object", where)
+            return
+        meta = header.pop("__metadata__", None)
+        if meta is not None and not (
+            isinstance(meta, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
+        ):
+            self.find("safetensors-header", "__metadata__ must map strings to strings", where)
+        data_len = size - 8 - n
+        spans: list[tuple[int, int, str]] = []
+        for name, entry in header.items():
+            if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+                self.find("safetensors-header", f"tensor {name!r}: entry must have exactly dtype, shape, data_offsets")
+                continue
+            code, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
+            dt = dtypes.BY_SAFETENSORS.get(code) if isinstance(code, str) else None
+            ok_shape = isinstance(shape, list) and all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+            )
+            ok_offs = (
+                isinstance(offs, list)
+                and len(offs) == 2
+                and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offs)
+            )
+            if dt is None:
+                self.find("safetensors-header", f"tensor {name!r}: unknown dtype {code!r}")
+            if not ok_shape:
+                self.find(
+                    "safetensors-header", f"tensor {name!r}: shape {str(shape)[:80]} is not a list of non-negative ints"
+                )
+            if not ok_offs:
+                self.find("safetensors-header", f"tensor {name!r}: data_offsets {str(offs)[:80]} is not [begin, end]")
+                continue
+            begin, end = offs
+            if end < begin:
+                self.find("safetensors-header", f"tensor {name!r}: data_offsets {offs} end before they begin")
+                continue
+            if dt is not None and ok_shape and end - begin != math.prod(shape) * dt.itemsize:
+                self.find(
+                    "safetensors-header",
+                    f"tensor {name!r}: data_offsets hold {end - begin} bytes but {shape} x {dt.name} needs "
+                    f"{math.prod(shape) * dt.itemsize}",
+                )
+            spans.append((begin, end, name))
+        expect = 0
+        for begin, end, name in sorted(spans):
+            if begin > expect:
+                self.find(
+                    "safetensors-header", f"tensor {name!r}: a gap of {begin - expect} bytes before it at {expect}"
+                )
+            elif begin < expect:
+                self.find(
+                    "safetensors-header", f"tensor {name!r}: data_offsets [{begin}, {end}] overlap the previous tensor"
+                )
+            expect = max(expect, end)
+        if expect != data_len:
+            what = (
+                "runs past the end of the file" if expect > data_len else f"leaves {data_len - expect} bytes uncovered"
+            )
+            self.find(
+                "safetensors-header",
+                f"the tensors cover {expect} bytes of the {data_len}-byte data region: the header {what}",
+            )
+        if self._counts.get("safetensors-header"):
+            return
+        ck = self.open_reader()
+        if ck is not None:
+            with ck:
+                self.check_values(ck)
+
+    def scan_onnx(self) -> None:
+        self.report.format = "onnx"
+        mm = self.mm
+        try:
+            for num, wt, v in onnx_format.fields(mm, 0, self.size):
+                if num == 7 and wt == 2:
+                    self.onnx_graph(v, "graph", 0)
+                elif num == 25 and wt == 2:  # FunctionProto: node = 7
+                    for n2, w2, v2 in onnx_format.fields(mm, *v):
+                        if n2 == 7 and w2 == 2:
+                            self.onnx_node(v2, "function", 0)
+                elif num == 20 and wt == 2:  # TrainingInfoProto: initialization = 1, algorithm = 2
+                    for n2, w2, v2 in onnx_format.fields(mm, *v):
+                        if n2 in (1, 2) and w2 == 2:
+                            self.onnx_graph(v2, "training_info", 0)
+        except onnx_format._Wire as e:
+            raise CorruptFileError(
+                f"not a valid ONNX protobuf ({e}); the file may be truncated", path=self.path
+            ) from None
+        ck = self.open_reader()
+        if ck is not None:
+            with ck:
+                self.check_values(ck)
+
+    def onnx_graph(self, span: tuple[int, int], where: str, depth: int) -> None:
+        if depth > 32:
+            raise CorruptFileError("ONNX subgraphs nest deeper than 32 levels", path=self.path)
+        for num, wt, v in onnx_format.fields(self.mm, *span):
+            if wt != 2:
+                continue
+            if num == 5:  # initializer
+                self.onnx_tensor(v, where)
+            elif num == 15:  # sparse_initializer: values = 1, indices = 2
+                for n2, w2, v2 in onnx_format.fields(self.mm, *v):
+                    if n2 in (1, 2) and w2 == 2:
+                        self.onnx_tensor(v2, where)
+            elif num == 1:
+                self.onnx_node(v, where, depth)
+
+    def onnx_node(self, span: tuple[int, int], where: str, depth: int) -> None:
+        for num, wt, v in onnx_format.fields(self.mm, *span):
+            if num != 5 or wt != 2:  # attribute
+                continue
+            for n2, w2, v2 in onnx_format.fields(self.mm, *v):
+                if w2 != 2:
+                    continue
+                if n2 in (5, 10):  # t, tensors
+                    self.onnx_tensor(v2, f"{where} attribute")
+                elif n2 in (6, 11):  # g, graphs
+                    self.onnx_graph(v2, f"{where} subgraph", depth + 1)
+                elif n2 in (22, 23):  # sparse_tensor(s)
+                    for n3, w3, v3 in onnx_format.fields(self.mm, *v2):
+                        if n3 in (1, 2) and w3 == 2:
+                            self.onnx_tensor(v3, f"{where} attribute")
+
+    def onnx_tensor(self, span: tuple[int, int], where: str) -> None:
+        name, external, location = "", {}, 0
+        for num, wt, v in onnx_format.fields(self.mm, *span):
+            if num == 8 and wt == 2:
+                name = onnx_format._str(self.mm, v)
+            elif num == 13 and wt == 2:
+                k = val = ""
+                for n2, w2, v2 in onnx_format.fields(self.mm, *v):
+                    if n2 == 1 and w2 == 2:
+                        k = onnx_format._str(self.mm, v2)
+                    elif n2 == 2 and w2 == 2:
+                        val = onnx_format._str(self.mm, v2)
+                external[k] = val
+            elif num == 14 and wt == 0:
+                location = v
+        if location != 1 and not external:
+            return
+        loc = external.get("location", "")
+        try:
+            onnx_format.safe_external_path(self.path, loc)
+        except UnsafeFileError as e:
+            self.find("onnx-external-data", f"initializer {name!r}: {e.message}", where)
+
+    # -- the reader, values, hashes ---------------------------------------------------------------
+    def open_reader(self) -> Checkpoint | None:
+        """The restricted reader's view, for the value checks; its refusal is a finding (or a note when the
+        globals already explain it)."""
+        if any(
+            self._counts.get(k) for k in ("dangerous-global", "unknown-global", "unresolved-global", "unsafe-build")
+        ):
+            self.report.notes.append("values not checked: the file references globals the reader refuses")
+            return None
+        if any(f.kind == "invalid-pickle" and (f.where or "").endswith("data.pkl") for f in self.report.findings):
+            self.report.notes.append("values not checked: data.pkl is not a valid pickle")
+            return None
+        try:
+            return open_checkpoint(self.path)
+        except CkptError as e:
+            kind = "unsafe" if isinstance(e, UnsafeFileError) else "corrupt"
+            if kind == "unsafe" and self._counts.get("onnx-external-data"):
+                self.report.notes.append("values not checked: external data outside the model's folder")
+                return None
+            self.find(kind, f"the reader refuses it: {e.message}" + (f" ({e.hint})" if e.hint else ""))
+            return None
+
+    def check_values(self, ck: Checkpoint) -> None:
+        if not self.values:
+            self.report.notes.append("values not checked (--no-values)")
+            return
+        self.report.values_checked = True
+        for t in ck.tensors:
+            try:
+                nan, inf, neg, n = tensor_stats(ck, t)
+            except CkptError as e:
+                self.find("corrupt", f"tensor {t.name!r}: cannot read its values: {e.message}", t.name)
+                continue
+            except (OSError, ValueError) as e:
+                self.find("corrupt", f"tensor {t.name!r}: cannot read its values: {e}", t.name)
+                continue
+            if n is None:
+                continue
+            self.report.tensors_checked += 1
+            if nan:
+                self.find("nan", f"{nan} NaN of {n} values", t.name)
+            if inf:
+                self.find("inf", f"{inf} Inf of {n} values", t.name)
+            if neg and t.name.rsplit(".", 1)[-1] == "running_var":
+                self.find(
+                    "negative-running-var",
+                    f"{neg} negative values: a variance cannot be negative, batch norm would produce NaN",
+                    t.name,
+                )
+
+    def check_hash_suffix(self) -> None:
+        base = os.path.basename(self.path)
+        m = HASH_SUFFIX.search(base)
+        if not m:
+            return
+        prefix = m.group(1)
+        if not self.values:
+            self.report.notes.append(f"file name carries hash prefix {prefix}; not checked (--no-values)")
+            return
+        digest = sha256_file(self.path)
+        self.report.sha256 = digest
+        if not digest.startswith(prefix):
+            self.find(
+                "hash-mismatch",
+                f"the name says sha256 starts with {prefix} but it is {digest[: max(len(prefix), 8)]}...: "
+                "torch.hub (check_hash=True) would reject it; the file was modified or corrupted",
+            )
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Values
+# --------------------------------------------------------------------------------------------
+def _chunks(ck: Checkpoint, t: TensorInfo) -> Iterator[bytes | memoryview]:
+    """The bytes to check for a tensor, streamed: its own elements when contiguous, otherwise the span of its
+    storage that it touches (a superset; never materialises a strided or broadcast view)."""
+    st = t.storage
+    if st is None:
+        raise CorruptFileError(f"tensor {t.name!r} has no storage", path=ck.path)
+    size = t.itemsize
+    lo, hi = (t.storage_offset, t.storage_offset + t.numel) if t.is_contiguous else t.span()
+    start, stop = lo * size, hi * size
+    src = st.source
+    step = CHUNK - CHUNK % max(size, 1)
+    if src is not None and src.encoding == "raw" and not src.compressed:
+        if stop > src.nbytes:
+            raise CorruptFileError(f"needs bytes up to {stop} but the storage holds {src.nbytes}", path=ck.path)
+        with open(src.path, "rb") as fh:
+            for pos in range(start, stop, step):
+                n = min(step, stop - pos)
+                data = os.pread(fh.fileno(), n, src.offset + pos)
+                if len(data) != n:
+                    raise CorruptFileError(f"storage {st.key!r} is truncated", path=src.path)
+                yield data
+        return
+    for pos in range(start, stop, step):
+        yield ck.storage_bytes(st, pos, min(stop, pos + step))
+
+
+def tensor_stats(ck: Checkpoint, t: TensorInfo) -> tuple[int, int, int, int | None]:
+    """(NaN count, Inf count, negative count, values checked) of a floating tensor; n=None if not floating."""
+    import numpy as np
+
+    dt = dtypes.lookup(t.dtype)
+    if not dt.is_float or t.dtype.startswith("q") or t.numel == 0:
+        return 0, 0, 0, None
+    order = ">" if ck.byteorder == "big" else "<"
+    nan = inf = neg = n = 0
+    for chunk in _chunks(ck, t):
+        if t.dtype in ("float32", "float64", "float16", "complex64", "complex128"):
+            kind = {"float32": "f4", "float64": "f8", "float16": "f2", "complex64": "f4", "complex128": "f8"}[t.dtype]
+            a = np.frombuffer(chunk, dtype=order + kind)
+        elif t.dtype == "bfloat16":
+            a = (np.frombuffer(chunk, dtype=order + "u2").astype(np.uint32) << 16).view(np.float32)
+        else:  # float8 variants: bit patterns
+            b = np.frombuffer(chunk, dtype=np.uint8)
+            n += b.size
+            if t.dtype == "float8_e4m3fn":
+                nan += int(np.count_nonzero((b & 0x7F) == 0x7F))
+                neg += int(np.count_nonzero((b & 0x80) & ((b & 0x7F) != 0)))
+            elif t.dtype == "float8_e5m2":
+                special = (b & 0x7C) == 0x7C
+                nan += int(np.count_nonzero(special & ((b & 0x03) != 0)))
+                inf += int(np.count_nonzero(special & ((b & 0x03) == 0)))
+                neg += int(np.count_nonzero((b & 0x80) & ((b & 0x7F) != 0) & ~special))
+            else:  # fnuz variants: 0x80 is the only NaN, no Inf
+                nan += int(np.count_nonzero(b == 0x80))
+                neg += int(np.count_nonzero(b > 0x80))
+            continue
+        n += a.size if not t.dtype.startswith("complex") else a.size // 2
+        finite = np.isfinite(a)
+        if not finite.all():
+            nan += int(np.count_nonzero(np.isnan(a)))
+            inf += int(np.count_nonzero(np.isinf(a)))
+        if not t.dtype.startswith("complex"):
+            neg += int(np.count_nonzero(a < 0))
+    return nan, inf, neg, n
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+def _open(path: str) -> mmap.mmap:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UnreadableError("no such file", path=path) from None
+    except PermissionError:
+        raise UnreadableError("permission denied", path=path) from None
+    except (OSError, ValueError) as e:
+        raise UnreadableError(f"cannot stat ({getattr(e, 'strerror', None) or e})", path=path) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UnreadableError("is a directory, not a weight file", path=path)
+    if not stat.S_ISREG(st.st_mode):
+        raise UnreadableError("is not a regular file", path=path)
+    if st.st_size == 0:
+        raise CorruptFileError("file is empty", path=path)
+    try:
+        with open(path, "rb") as fh:
+            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except PermissionError:
+        raise UnreadableError("permission denied", path=path) from None
+    except (OSError, ValueError) as e:
+        raise UnreadableError(f"cannot read ({e})", path=path) from None
+
+
+def scan(path: str | os.PathLike[str], *, values: bool = True) -> ScanReport:
+    """Scan one file statically. Raises a :class:`~ckptool.errors.CkptError` when it cannot be scanned at all
+    (missing, unreadable, not a known format, a zip without a readable directory).
+
+    ``values=False`` skips everything that reads tensor bytes (NaN/Inf, running_var, CRCs of storage records,
+    the filename hash) for a header-only pass.
+    """
+    path = os.fspath(path)
+    mm = _open(path)
+    try:
+        return _Scanner(path, mm, values).scan()
+    except RecursionError:
+        raise CorruptFileError("structure nests too deeply to scan", path=path) from None
+    except MemoryError:
+        raise CorruptFileError("file asks for more memory than it can hold", path=path) from None
+    finally:
+        mm.close()
+
+
+__all__ = ["DANGEROUS", "SAFE", "UNKNOWN", "Finding", "GlobalRef", "PickleInfo", "ScanReport", "classify", "scan",
+           "walk_pickle"]  # fmt: skip
