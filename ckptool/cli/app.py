@@ -17,6 +17,7 @@ from .inspect import inspect
 from .labels import labels
 from .layers import layers
 from .parity import parity
+from .scan import scan
 
 app = typer.Typer(
     cls=CkptGroup,
@@ -54,6 +55,7 @@ app.command("extract")(extract)
 app.command("diff")(diff)
 app.command("export")(export)
 app.command("parity")(parity)
+app.command("scan")(scan)
 
 
 def run() -> None:
