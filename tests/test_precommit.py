@@ -49,7 +49,14 @@ def _pre_commit(cwd: Path, env: dict[str, str], *args: str | Path) -> subprocess
 def _features_file(path: Path, arch: str, seed: int) -> Path:
     """A backbone-only state_dict (the article's `features`, prefix stripped), as `ckptool extract` writes."""
     g = torch.Generator().manual_seed(seed)
-    sd = {k: torch.randn(s, generator=g) * 0.01 for k, s in vgg_spec(arch).part("features").state_dict_shapes().items()}
+    sd = {}
+    for k, shape in vgg_spec(arch).part("features").state_dict_shapes().items():
+        if k.endswith("num_batches_tracked"):
+            sd[k] = torch.tensor(0)
+        elif k.endswith("running_var"):  # a variance is positive (scan flags negative ones)
+            sd[k] = torch.rand(shape, generator=g) + 0.5
+        else:
+            sd[k] = torch.randn(shape, generator=g) * 0.01
     torch.save(sd, path)
     return path
 
@@ -127,6 +134,41 @@ def test_check_hook_on_staged_files_with_args(repos: dict) -> None:
     assert r.returncode == 1
     assert "exit code: 2" in r.stdout and "unknown architecture" in r.stdout
     _git(proj, env, "reset", "-q")
+
+
+class _Evil:
+    """Pickles as a call to os.system (never executed: ckptool only reads the opcodes)."""
+
+    def __init__(self, canary: Path) -> None:
+        self.canary = canary
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {self.canary}",))
+
+
+def test_try_repo_scan(repos: dict) -> None:
+    env, proj = repos["env"], repos["proj"]
+    canary = proj.parent / "CANARY"
+    torch.save({"weight": torch.zeros(2), "payload": _Evil(canary)}, proj / "evil.pth")
+    r = _pre_commit(
+        proj, env, "try-repo", repos["hooks"], "ckptool-scan", "--verbose",
+        "--files", "backbone_vgg11_bn.pth", "model.onnx", "notes.txt",
+    )  # fmt: skip
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "ckptool scan (weight files are safe to load)" in out and "Passed" in out
+    assert "backbone_vgg11_bn.pth" in out and "model.onnx" in out and "notes.txt" not in out
+
+    r = _pre_commit(
+        proj, env, "try-repo", repos["hooks"], "ckptool-scan", "--verbose",
+        "--files", "backbone_vgg11_bn.pth", "evil.pth",
+    )  # fmt: skip
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "Failed" in out and "exit code: 1" in out
+    assert "evil.pth" in out and "system" in out  # the dangerous global is named
+    assert not canary.exists()  # nothing ran
+    (proj / "evil.pth").unlink()
 
 
 def test_non_weight_files_are_skipped(repos: dict) -> None:
