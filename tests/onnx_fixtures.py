@@ -96,3 +96,19 @@ def restore_file(path: Path, offset: int, old: bytes) -> None:
     with open(path, "r+b") as fh:
         fh.seek(offset)
         fh.write(old)
+
+
+class DataDependent(nn.Module):
+    """Runs in eager mode, but torch.export cannot trace it: its control flow depends on the values."""
+
+    input_shape = (1, 4)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        if y.sum() > 0:
+            return y * 2
+        return y

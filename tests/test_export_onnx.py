@@ -268,6 +268,17 @@ def test_errors_exit_2_and_write_nothing(tiny: dict[str, Path], tmp_path: Path, 
         export_onnx(open_checkpoint(tiny["zip"]), out, arch=TINY, input_shape=(1, 3, 1, 1))
 
 
+def test_exporter_failure_is_one_clear_line(tmp_path: Path, cli) -> None:
+    from onnx_fixtures import DataDependent
+
+    src = save(DataDependent().state_dict(), tmp_path / "dd.pth")
+    r = cli("export", src, "--onnx", tmp_path / "dd.onnx", "--arch", "onnx_fixtures:DataDependent")
+    assert r.exit_code == 2, r.stdout
+    assert r.stderr.startswith("ckptool: error: torch.onnx.export failed") and r.stderr.count("\n") == 1
+    assert "data-dependent" in r.stderr and "\x1b[" not in r.stderr and "CKPTOOL_DEBUG=1" in r.stderr
+    assert r.stdout == "" and _files(tmp_path) == ["dd.pth"]
+
+
 def test_existing_output_needs_force(tiny: dict[str, Path], tmp_path: Path, cli) -> None:
     out = tmp_path / "o.onnx"
     out.write_bytes(b"precious")

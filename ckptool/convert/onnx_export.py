@@ -25,6 +25,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -171,7 +172,7 @@ def _quiet(log: io.StringIO) -> Iterator[None]:
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(log), warnings.catch_warnings():
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -199,15 +200,35 @@ def _export(model: Any, shape: tuple[int, ...], output_names: list[str], opset: 
                 external_data=False,
             )
     except Exception as e:
-        text = str(e).strip()
-        first = next((ln for ln in text.splitlines() if ln.strip()), type(e).__name__)[:300]
         raise ExportFailedError(
-            f"torch.onnx.export failed: {type(e).__name__}: {first}",
+            f"torch.onnx.export failed: {_explain(e)}",
             hint="rerun with CKPTOOL_DEBUG=1 for the exporter's full report",
         ) from (e if os.environ.get("CKPTOOL_DEBUG") else None)
     if prog is None:  # pragma: no cover - only for the legacy exporter
         raise ExportFailedError("torch.onnx.export returned no program")
     return prog.model
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _explain(e: BaseException) -> str:
+    """The exporter's own summary plus the root cause (e.g. torch.export's data-dependent guard), one line."""
+
+    def first(x: BaseException) -> str:
+        text = _ANSI.sub("", str(x)).strip()
+        line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "").split(" Next steps:")[0]
+        return f"{type(x).__name__}: {line}" if line else type(x).__name__
+
+    chain: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and cur not in chain and len(chain) < 20:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    text = first(chain[0])[:200]
+    if len(chain) > 1:
+        text += f" -- caused by {first(chain[-1])[:300]}"
+    return text
 
 
 def _tidy(model: Any) -> str | None:
