@@ -17,6 +17,7 @@ from .inspect import inspect
 from .labels import labels
 from .layers import layers
 from .parity import parity
+from .predict import predict
 from .scan import scan
 
 app = typer.Typer(
@@ -52,6 +53,7 @@ app.command("check")(check)
 app.command("archs")(archs)
 app.command("labels")(labels)
 app.command("extract")(extract)
+app.command("predict")(predict)
 app.command("diff")(diff)
 app.command("export")(export)
 app.command("parity")(parity)
