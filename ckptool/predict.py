@@ -259,7 +259,7 @@ def load_torch_model(
     return model.eval(), str(report.arch or arch)
 
 
-def run_torch(model: Any, batch: np.ndarray) -> np.ndarray:
+def run_torch(model: Any, batch: np.ndarray, *, name: str = "model") -> np.ndarray:
     """Logits [N, classes] from a torch module (eval mode, inference mode, CPU)."""
     import torch
 
@@ -268,7 +268,7 @@ def run_torch(model: Any, batch: np.ndarray) -> np.ndarray:
         out = model(torch.from_numpy(np.ascontiguousarray(batch)))
     if isinstance(out, (tuple, list)):
         out = out[0]
-    return _as_logits(out.float().numpy(), "model")
+    return _as_logits(out.float().numpy(), name)
 
 
 # --------------------------------------------------------------------------------------------- the command
@@ -340,7 +340,7 @@ def predict(
         hw = _size_hw(size if size is not None else DEFAULT_SIZE)
         batch = load_batch(images, hw)  # before torch: a bad image fails fast
         net, arch = load_torch_model(mpath, arch or "auto", key=key, num_classes=num_classes, arch_args=arch_args)
-        logits = run_torch(net, batch)
+        logits = run_torch(net, batch, name=mpath)
         backend = "torch"
     n_classes = int(logits.shape[1])
     names, source = _resolve_labels(labels, n_classes, mpath)

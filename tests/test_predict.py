@@ -49,6 +49,11 @@ class TinyNet(nn.Module):
         return self.classifier(self.features(x).mean((2, 3)))
 
 
+def tiny_features() -> nn.Module:
+    """``test_predict:tiny_features``: TinyNet's backbone alone (output [N, 8, H/2, W/2], no classes)."""
+    return TinyNet().features
+
+
 def _tiny_model(seed: int = 0) -> TinyNet:
     torch.manual_seed(seed)
     m = TinyNet()
@@ -376,6 +381,11 @@ def test_model_errors(cli, models: dict[str, Path], images: dict[str, Path]) -> 
     assert r.exit_code == 2 and "no such file" in r.stderr
     r = cli("predict", models["onnx"])
     assert r.exit_code == 2  # no image: usage error
+    feats = models["dir"] / "features.pth"
+    torch.save(_tiny_model().features.state_dict(), feats)
+    r = cli("predict", feats, images["rgb"], "--arch", "test_predict:tiny_features", "--size", "32")
+    assert r.exit_code == 2 and f"{feats}: the model's output has shape [1, 8, 16, 16]" in r.stderr
+    assert "not class scores" in r.stderr
 
 
 # ------------------------------------------------------------------------------------------- torch, full size
