@@ -736,7 +736,7 @@ class _Scanner:
             end = off + info.compress_size
             if pkl or bytes(self.mm[off : off + 2]) in PICKLE_MAGIC:
                 self.walk_stream(self.mm, off, end, name, 0, probe=not pkl)
-            if self.values or not is_storage or info.file_size <= 1 << 20:
+            if self.values or not is_storage:
                 self.crc(info, off, end)
             return
         torch_zip.check_member(self.mm, info, self.path)
