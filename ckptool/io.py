@@ -11,14 +11,13 @@ reference each other by name (an ONNX model and its external data).
 
 **Streamed reads.** :class:`SourceReader` reads a tensor's bytes straight from the file with
 ``readinto`` into a reusable buffer (never through a memory map, so the bytes are not counted in the
-process's resident memory), and :func:`copy_range` copies a byte range file-to-file in the kernel
-(``os.copy_file_range``) where the platform has it.
+process's resident memory), and :func:`copy_range` appends a byte range of one file to another through
+such a buffer.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import secrets
 import shutil
@@ -33,7 +32,7 @@ from .checkpoint import Checkpoint, TensorInfo
 from .errors import CkptError, CorruptFileError, OutputExistsError, UsageError
 
 PathLike = str | os.PathLike[str]
-CHUNK = 8 << 20  # bytes per read: big enough for full speed, small enough for a low peak RSS
+CHUNK = 1 << 20  # bytes per read: cache-sized; measured fastest between 512 KB and 2 MB (8 MB was slower)
 
 
 # -- atomic output ------------------------------------------------------------------------------------------
@@ -370,34 +369,18 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> int:
     return pos
 
 
-_copy_file_range = getattr(os, "copy_file_range", None)
-_CFR_FALLBACK = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM}
-
-
 def copy_range(
     reader: SourceReader, path: str, offset: int, nbytes: int, out_fd: int, buf: bytearray, progress: Any = None
 ) -> None:
-    """Append ``nbytes`` of ``path`` from ``offset`` to ``out_fd`` at its current position.
+    """Append ``nbytes`` of ``path`` from ``offset`` to ``out_fd`` at its current position, through ``buf``.
 
-    Uses ``os.copy_file_range`` (the kernel copies; no bytes pass through this process) where available,
-    else ``readinto`` + ``write``. ``progress(n)`` is called with each copied byte count.
+    A plain ``readinto`` + ``write`` loop. ``os.copy_file_range`` was measured too (ext4, 553 MB from the
+    page cache): the in-kernel copy took longer (0.25 s against 0.20 s with a 1 MB buffer) and left more
+    for the following fsync (0.20 s against 0.15 s); and reflinks cannot apply to tensor ranges that do not
+    start on a block boundary. ``progress(n)`` is called with each copied byte count.
     """
-    done = 0
-    if _copy_file_range is not None and nbytes:
-        src_fd = reader.fileno(path)
-        try:
-            while done < nbytes:
-                n = _copy_file_range(src_fd, out_fd, min(nbytes - done, 1 << 30), offset + done)
-                if n == 0:
-                    break  # end of the source file: the fallback below reports it properly
-                done += n
-                if progress is not None:
-                    progress(n)
-        except OSError as e:
-            if e.errno not in _CFR_FALLBACK:
-                raise
-            # not supported between these files: copy the rest below with plain reads
     mv = memoryview(buf)
+    done = 0
     while done < nbytes:
         k = min(len(buf), nbytes - done)
         reader.read_into(path, offset + done, mv[:k])

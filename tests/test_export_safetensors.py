@@ -274,6 +274,16 @@ def test_safetensors_source_keeps_its_metadata(tmp_path: Path) -> None:
     assert meta["author"] == "me" and meta["source_format"] == "safetensors"
 
 
+def test_names_safetensors_cannot_store(tmp_path: Path) -> None:
+    src = save_sd({"a": torch.ones(1), "b": torch.ones(1)}, tmp_path / "s.pth")
+    with open_checkpoint(src) as ck:
+        with pytest.raises(UsageError, match="__metadata__"):
+            export_safetensors(ck, tmp_path / "out.safetensors", names={"a": "__metadata__"})
+        with pytest.raises(UsageError, match="not valid Unicode"):
+            export_safetensors(ck, tmp_path / "out.safetensors", names={"a": "bad\udc80"})
+    assert files_in(tmp_path) == ["s.pth"]
+
+
 def test_dtype_safetensors_cannot_store(tmp_path: Path) -> None:
     src = save_sd({"c": torch.zeros(3, dtype=torch.complex128)}, tmp_path / "c.pth")
     with open_checkpoint(src) as ck, pytest.raises(UsageError, match=r"complex128.*cannot store"):

@@ -412,7 +412,7 @@ def export_pth(
 ) -> ExportResult:
     """Write ``ck``'s tensors (or those in ``names``, renamed) as a torch zip-format ``.pth`` file.
 
-    Torch-free, streamed (one 8 MB buffer), atomic (an existing ``out`` needs ``force``) and bit-exact
+    Torch-free, streamed (one 1 MB buffer), atomic (an existing ``out`` needs ``force``) and bit-exact
     checked unless ``verify=False``. ``progress(done, total)`` counts bytes written and, when verifying,
     bytes re-read (``total`` is twice the storage bytes then).
     """

@@ -1,8 +1,8 @@
 """safetensors writer: streamed, bit-exact, atomic, torch-free.
 
 The header (names, dtypes, shapes, offsets) is planned from the Checkpoint alone; then each tensor's bytes
-are copied from the source in output order. Contiguous little-endian bytes go file-to-file in the kernel
-(``os.copy_file_range``, where the platform has it) or through one reusable 8 MB buffer; views, storage
+are copied from the source in output order. Contiguous little-endian bytes go file to file through one
+reusable 1 MB buffer (``readinto`` + ``write``, never a memory map); views, storage
 offsets, non-contiguous strides, big-endian legacy files, compressed zip records and ONNX typed fields go
 through :meth:`Checkpoint.iter_chunks`, which yields exactly the tensor's own elements, C-contiguous and
 little-endian. Tensors that share a storage are each written in full (safetensors has no aliasing); the
@@ -244,7 +244,12 @@ def plan_header(
         header[name] = {"dtype": code, "shape": list(t.shape), "data_offsets": [off, off + t.nbytes]}
         layout.append((name, t, off))
         off += t.nbytes
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if "__metadata__" in {name for name, _ in pairs}:
+        raise UsageError("a tensor named '__metadata__' cannot be stored in safetensors", hint="rename it")
+    try:
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UsageError(f"a tensor name is not valid Unicode ({e.reason}); safetensors needs UTF-8 names") from None
     text += b" " * (-len(text) % 8)
     if len(text) > MAX_HEADER:
         raise UsageError(f"the safetensors header would be {len(text)} bytes, over the 100 MB limit")
@@ -263,7 +268,7 @@ def export_safetensors(
 ) -> ExportResult:
     """Write ``ck``'s tensors (or those in ``names``, renamed) to ``out`` as safetensors.
 
-    Streamed (never more than one 8 MB buffer of tensor data in memory), torch-free, atomic (see
+    Streamed (a few 1 MB buffers of tensor data in memory at most), torch-free, atomic (see
     :func:`ckptool.io.atomic_output`; an existing ``out`` needs ``force``), and bit-exact-checked unless
     ``verify=False``. ``metadata`` is added to the header's ``__metadata__`` after ckptool's own entries
     (``format: pt``, ``source``, ``source_format``, ``source_state_dict_key``, ``converted_by``).
