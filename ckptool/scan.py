@@ -990,8 +990,8 @@ class _Scanner:
             except CkptError as e:
                 self.find("corrupt", f"tensor {t.name!r}: cannot read its values: {e.message}", t.name)
                 continue
-            except (OSError, ValueError) as e:
-                self.find("corrupt", f"tensor {t.name!r}: cannot read its values: {e}", t.name)
+            except torch_zip.ZIP_ERRORS as e:  # compressed records: zipfile inflates them (and checks the CRC)
+                self.find("corrupt", f"tensor {t.name!r}: cannot read its values ({type(e).__name__}: {e})", t.name)
                 continue
             if n is None:
                 continue

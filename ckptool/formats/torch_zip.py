@@ -43,6 +43,12 @@ def check_member(mm: Any, info: zipfile.ZipInfo, path: str) -> int:
     """Validate a member's claimed sizes against the file; return the absolute offset of its data."""
     if info.flag_bits & 0x1:
         raise CorruptFileError(f"zip member {info.filename!r} is encrypted", path=path)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise CorruptFileError(
+            f"zip member {info.filename!r} uses compression method {info.compress_type}; torch archives are "
+            "stored (or, rarely, deflated)",
+            path=path,
+        )
     off = data_offset(mm, info, path)
     if off + info.compress_size > len(mm):
         raise CorruptFileError(
