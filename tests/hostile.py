@@ -396,6 +396,23 @@ def build_corpus(root: Path, canary_dir: Path, *, payloads_only: bool = False) -
     path = write_zip(root / "zip_second_archive.pth", [*members, ("zzz/data.pkl", evil_pkl)])
     add(Case("zip_second_archive", path, kinds=("zip-duplicate", "dangerous-global"), dangerous=("posix.system",)))
 
+    def patch_member(name: str, member: str, local_at: int, central_at: int, value: int, **kw: object) -> None:
+        """Overwrite a 16-bit field of one member in both its local header and its central record."""
+        data = bytearray(benign_zip.read_bytes())
+        with zipfile.ZipFile(benign_zip) as zf:
+            info = zf.getinfo(member)
+        struct.pack_into("<H", data, info.header_offset + local_at, value)
+        cd = data.find(b"PK\x01\x02" + bytes(data[info.header_offset + 4 : info.header_offset + 6]))
+        while cd >= 0 and data[cd + 46 : cd + 46 + len(member)] != member.encode():
+            cd = data.find(b"PK\x01\x02", cd + 4)
+        struct.pack_into("<H", data, cd + central_at, value)
+        path = root / f"{name}.pth"
+        path.write_bytes(bytes(data))
+        add(Case(name, path, **kw))  # type: ignore[arg-type]
+
+    patch_member("zip_unsupported_method", "_benign/data/0", 8, 10, 1, kinds=("zip-corrupt",))  # "shrink"
+    patch_member("zip_encrypted_member", "_benign/data/0", 6, 8, 1, kinds=("zip-corrupt",))
+
     # -- a benign pickle followed by a malicious one -----------------------------------------------
     evil_pkl = pickle.dumps(Reduce(os.system, sh("benign_then_evil")), protocol=2)
     path = replace_member(benign_zip, root / "benign_then_evil.pth", "/data.pkl", data_pkl + evil_pkl)
