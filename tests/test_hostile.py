@@ -119,6 +119,16 @@ def check_run(code: int, stdout: str, stderr: str, canary: Path, expect: int | s
         assert len(lines) == 1 and lines[0].startswith("ckptool: error: "), f"{what}: stderr is not one line: {stderr}"
 
 
+def run_cli(cli, corpus: Corpus, command: str, template: list[str], path: Path):
+    """Run one command in-process; a run that fails (exit 2) must leave no output or temporary file."""
+    before = set(corpus.out.iterdir())
+    result = cli(command, *_args(corpus, template, path))
+    if result.exit_code == 2:
+        left = set(corpus.out.iterdir()) - before
+        assert not left, f"{command} {path.name}: exit 2 but left {sorted(p.name for p in left)}"
+    return result
+
+
 def expected(command: str, case: Case) -> int | set[int]:
     if command == "scan":
         return case.scan_exit
@@ -145,7 +155,7 @@ def test_every_command_survives_the_corpus(cli, corpus: Corpus, command: str, te
     if case.bounded and not case.readable and command not in BOMB_COMMANDS:
         pytest.skip("refused bomb: covered by inspect/scan/check and the script bounds")
     expect = expected(command, case)  # (no case depends on values: --no-values changes nothing here)
-    result = cli(command, *_args(corpus, template, case.path))
+    result = run_cli(cli, corpus, command, template, case.path)
     check_run(result.exit_code, result.stdout, result.stderr, corpus.canary, expect, f"{command} {case.name}")
 
 
@@ -262,8 +272,8 @@ def test_truncated_full_size_checkpoint(cli, corpus: Corpus, vgg16_bn_files, big
                 cmds = [(c, t) for c, t in cmds if c in ("inspect", "scan")]
             for command, template in cmds:
                 expect: int | set[int] = scan_exit if command == "scan" else 2
-                r = cli(command, *_args(corpus, template, path))
                 try:
+                    r = run_cli(cli, corpus, command, template, path)
                     check_run(r.exit_code, r.stdout, r.stderr, corpus.canary, expect, f"{command} at {k}/32")
                 except AssertionError as e:
                     failures.append(str(e))
@@ -312,8 +322,8 @@ def test_random_bit_flips(cli, corpus: Corpus, tmp_path: Path, source: str) -> N
             cmds = [(c, t) for c, t in cmds if c in ("inspect", "scan")]
         for command, template in cmds:
             expect = {0, 2} if command == "inspect" else {0, 1, 2}
-            r = cli(command, *_args(corpus, template, path))
             try:
+                r = run_cli(cli, corpus, command, template, path)
                 check_run(r.exit_code, r.stdout, r.stderr, corpus.canary, expect, f"{command} {path.name}")
             except AssertionError as e:
                 failures.append(str(e))

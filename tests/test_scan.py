@@ -463,3 +463,23 @@ def test_full_size_vgg16_bn_is_clean_and_streamed(vgg16_bn_files, tmp_path: Path
         assert f["safe"] and f["values_checked"] and f["tensors_checked"] > 60, (fmt, f)
         assert rss < 200, f"{fmt}: peak RSS {rss:.0f} MB while checking 553 MB of values"
         assert cpu < 20, f"{fmt}: {cpu:.1f} s CPU"
+
+
+# --------------------------------------------------------------------------------------------
+# Reader fixes found while hardening
+# --------------------------------------------------------------------------------------------
+def test_onnx_typed_uint32_values_are_decoded_at_their_width(tmp_path: Path) -> None:
+    """ONNX keeps uint32 initializers in uint64_data; they used to be decoded as 8-byte values and cut."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from ckptool.formats import open_checkpoint
+
+    t = helper.make_tensor("u", TensorProto.UINT32, [3], [1, 2, 4_000_000_000], raw=False)
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["u"], ["y"])], "g", [], [helper.make_tensor_value_info("y", 12, [3])], [t]
+    )
+    onnx.save(helper.make_model(g), tmp_path / "u.onnx")
+    with open_checkpoint(tmp_path / "u.onnx") as ck:
+        values = np.frombuffer(ck.read_bytes(ck.tensors[0]), dtype="<u4")
+    assert values.tolist() == [1, 2, 4_000_000_000]

@@ -323,4 +323,11 @@ def decode_typed_field(mm: Any, src: ByteSource, dtype: str) -> bytes:
         return struct.pack(f"<{len(vals)}{fmt}", *vals)
     signed = dtype == "int64"
     vals = [v - (1 << 64) if signed and v >= 1 << 63 else v for v in vals]
-    return struct.pack(f"<{len(vals)}{'q' if signed else 'Q'}", *vals)
+    # uint64_data also carries uint32 (ONNX stores it there): pack each value at the tensor's own width
+    fmt = "q" if signed else {4: "I", 8: "Q"}.get(dt.itemsize)
+    if fmt is None:
+        raise CorruptFileError(f"cannot decode uint64_data as {dtype}", path=src.path)
+    try:
+        return struct.pack(f"<{len(vals)}{fmt}", *vals)
+    except struct.error:
+        raise CorruptFileError(f"an int64/uint64 value does not fit {dtype}", path=src.path) from None
