@@ -102,6 +102,30 @@ def test_could_not_scan_is_exit_2_with_one_line(cli, tmp_path: Path, bad: str) -
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith(f"ckptool: error: {path}: ")
 
 
+@pytest.mark.parametrize("command", ["scan", "inspect"])
+def test_permission_denied_is_exit_2_with_one_line(cli, tmp_path: Path, monkeypatch, command: str) -> None:
+    """Root reads any file, so the test makes open() refuse, as the kernel does for other users."""
+    import builtins
+
+    import ckptool.formats.sniff as sniff
+    import ckptool.scan as scan_module
+
+    path = tmp_path / "locked.pth"
+    shutil.copyfile(FIXTURES / "tiny_vgg.pth", path)
+    real_open = builtins.open
+
+    def refuse(file, *a, **kw):  # type: ignore[no-untyped-def]
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *a, **kw)
+
+    monkeypatch.setattr(sniff, "open", refuse, raising=False)
+    monkeypatch.setattr(scan_module, "open", refuse, raising=False)
+    r = cli(command, path)
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr == f"ckptool: error: {path}: permission denied\n"
+
+
 def test_script_scan_json(script, tmp_path: Path) -> None:
     r = script("scan", "--json", FIXTURES / "tiny_vgg_legacy.pth")
     assert r.returncode == 0, r.stderr
