@@ -107,6 +107,7 @@ MAX_NESTED_PICKLE = 64 << 20  # bytes constants scanned as pickles up to this si
 MAX_NESTED_DEPTH = 3
 MAX_FINDINGS_PER_KIND = 50
 LEGACY_NAMES = ("magic number", "protocol version", "sys_info", "object", "storage keys")
+LEGACY_TEXT_HEAD = b"L119547037146038801333356L\n"  # the legacy magic number as a protocol 0/1 LONG
 
 
 # --------------------------------------------------------------------------------------------
@@ -586,7 +587,11 @@ class _Scanner:
         head = bytes(self.mm[:4096])
         if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
             self.scan_zip()
-        elif (head[:1] == b"\x80" and head[2:14] == LEGACY_HEAD) or head.startswith(LEGACY_HEAD):
+        elif (
+            (head[:1] == b"\x80" and head[2:14] == LEGACY_HEAD)
+            or head.startswith(LEGACY_HEAD)
+            or head.startswith(LEGACY_TEXT_HEAD)  # torch.save(..., pickle_protocol=0 or 1)
+        ):
             self.scan_legacy()
         elif len(head) >= 9 and head[8:9] == b"{":
             self.scan_safetensors()
@@ -971,6 +976,9 @@ class _Scanner:
             return None
         try:
             return open_checkpoint(self.path)
+        except UnsupportedFormatError as e:
+            self.report.notes.append(f"values not checked: ckptool's reader does not read this file ({e.message})")
+            return None
         except CkptError as e:
             kind = "unsafe" if isinstance(e, UnsafeFileError) else "corrupt"
             if kind == "unsafe" and self._counts.get("onnx-external-data"):

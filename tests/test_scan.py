@@ -298,6 +298,14 @@ def test_legacy_trailing_pickle_after_the_last_storage(tmp_path: Path) -> None:
     assert evil[0].offset > 1000  # a file offset past the storages
 
 
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_legacy_file_written_with_a_text_protocol(tmp_path: Path, protocol: int) -> None:
+    path = tmp_path / "old.pth"
+    torch.save(sd(), path, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
+    report = scan(path)
+    assert report.format == "torch-legacy" and len(report.pickles) == 5 and report.safe, report.findings
+
+
 def test_zip_member_renamed_to_a_storage_name(tmp_path: Path) -> None:
     src = tmp_path / "ok.pth"
     torch.save(sd(), src)
