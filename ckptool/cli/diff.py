@@ -121,7 +121,7 @@ def _render(r: DiffReport, show_all: bool) -> None:
                 "B",
                 f"{r.b} ({r.format_b}" + (f", state_dict at {r.state_dict_key_b}" if r.state_dict_key_b else "") + ")",
             ),
-            ("common tensors", f"{len(r.tensors)} ({human_bytes(r.bytes_compared)} compared)"),
+            ("common tensors", f"{len(r.tensors)} ({human_bytes(r.bytes_compared)} of values compared)"),
         ]
     )
     for n in r.notes:
