@@ -8,6 +8,7 @@ Time and memory bounds (< 2 s CPU, < 200 MB peak RSS) are checked through the in
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import shutil
@@ -75,6 +76,7 @@ def _build() -> tuple[Path, list[Case]]:
     """Build the corpus once per session (at collection time: the case names parametrize the tests)."""
     if "cases" not in _BUILT:
         base = Path(tempfile.mkdtemp(prefix="ckptool-hostile-"))
+        atexit.register(shutil.rmtree, base, ignore_errors=True)  # also after a collect-only run
         _BUILT["base"], _BUILT["cases"] = base, build_corpus(base / "corpus", base / "canary")
     return _BUILT["base"], _BUILT["cases"]  # type: ignore[return-value]
 
