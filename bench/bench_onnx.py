@@ -1,6 +1,6 @@
 """ckptool export --onnx (+ onnx.checker + parity) vs a bare torch.onnx.export plus one onnxruntime run.
 
-    python bench/bench_onnx.py [--runs 3] [--dir /tmp/ckptool-bench]
+    python bench/bench_onnx.py [--runs 5] [--dir /tmp/ckptool-bench]
 
 Builds a full-size vgg16_bn checkpoint (553 MB, torch zip; calibrated BatchNorm so outputs are realistic) and
 times, each in fresh processes (median wall time, CPU time, the child's peak RSS):
@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _harness import measure, report
+from _harness import Measure, report, run_once
 
 BARE = r"""
 import sys, warnings, logging
@@ -53,29 +53,39 @@ def build(d: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dir", default="/tmp/ckptool-bench")
     a = ap.parse_args()
     d = Path(a.dir)
     src = build(d)
     ck = [sys.executable, "-m", "ckptool"]
-    mine = measure(
-        "ckptool export --onnx (check + parity)",
-        [*ck, "export", str(src), "--onnx", str(d / "ck.onnx"), "--arch", "vgg16_bn", "--force"],
-        a.runs,
+    routes = {
+        "ckptool export --onnx (check + parity)": [
+            *ck, "export", str(src), "--onnx", str(d / "ck.onnx"), "--arch", "vgg16_bn", "--force",
+        ],
+        "ckptool export --onnx --no-verify (check only)": [
+            *ck, "export", str(src), "--onnx", str(d / "ck_nv.onnx"), "--arch", "vgg16_bn", "--force", "--no-verify",
+        ],
+        "torch.onnx.export + 1 onnxruntime run": [sys.executable, "-c", BARE, str(src), str(d / "bare.onnx")],
+    }  # fmt: skip
+    # round-robin (A B C A B C ...) after one warm-up each: a busy machine's load drifts over minutes, and
+    # interleaving spreads that drift over every route instead of penalising whichever ran during a spike
+    for cmd in routes.values():
+        run_once(cmd)
+    got: dict[str, Measure] = {k: Measure(k, [], [], 0.0) for k in routes}
+    for _ in range(a.runs):
+        for k, cmd in routes.items():
+            s, cpu, rss = run_once(cmd)
+            got[k].seconds.append(s)
+            got[k].cpu.append(cpu)
+            got[k].rss_mib = max(got[k].rss_mib, rss)
+    rows = list(got.values())
+    bare, mine = rows[2], rows[0]
+    print(report(f"vgg16_bn ({src.stat().st_size / 1e6:.0f} MB), export to ONNX", rows, bare))
+    print(
+        f"\nckptool export --onnx + verify vs bare export + 1 run: {mine.median / bare.median:.2f}x wall, "
+        f"{mine.cpu_median / bare.cpu_median:.2f}x CPU"
     )
-    nover = measure(
-        "ckptool export --onnx --no-verify (check only)",
-        [*ck, "export", str(src), "--onnx", str(d / "ck_nv.onnx"), "--arch", "vgg16_bn", "--force", "--no-verify"],
-        a.runs,
-    )
-    bare = measure(
-        "torch.onnx.export + 1 onnxruntime run",
-        [sys.executable, "-c", BARE, str(src), str(d / "bare.onnx")],
-        a.runs,
-    )
-    print(report(f"vgg16_bn ({src.stat().st_size / 1e6:.0f} MB), export to ONNX", [mine, nover, bare], bare))
-    print(f"\nckptool export --onnx + verify / bare export + 1 run: {mine.median / bare.median:.2f}x wall")
 
 
 if __name__ == "__main__":
