@@ -121,6 +121,7 @@ class Checkpoint:
     byteorder: str = "little"
     root: Any = None  # the recorded object tree (torch formats): for --key and other lookups
     _maps: dict[str, mmap.mmap] = field(default_factory=dict, repr=False)
+    _cache: tuple[tuple[str, str | None, int], bytes] | None = field(default=None, repr=False)
 
     # -- summaries ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -170,6 +171,7 @@ class Checkpoint:
             with contextlib.suppress(BufferError):  # a caller still holds a view; it closes when released
                 m.close()
         self._maps.clear()
+        self._cache = None
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -194,16 +196,8 @@ class Checkpoint:
         if src is None:
             raise CorruptFileError(f"storage {storage.key!r} has no bytes in the file", path=self.path)
         stop = src.nbytes if stop is None else stop
-        if src.compressed:
-            import zipfile
-
-            with zipfile.ZipFile(self.path) as zf, zf.open(src.member or "") as fh:
-                data = fh.read(stop)
-            return data[start:stop]
-        if src.encoding != "raw":
-            from .formats.onnx import decode_typed_field
-
-            return decode_typed_field(self._map(src.path), src, storage.dtype)[start:stop]
+        if src.compressed or src.encoding != "raw":
+            return self._decoded(storage, src)[start:stop]
         m = self._map(src.path)
         if src.offset + stop > len(m):
             raise CorruptFileError(
@@ -211,6 +205,33 @@ class Checkpoint:
                 path=src.path,
             )
         return memoryview(m)[src.offset + start : src.offset + stop]
+
+    def _decoded(self, storage: StorageInfo, src: ByteSource) -> bytes:
+        """Bytes that are not raw on disk (a deflated zip member, ONNX typed fields), decoded once.
+
+        Only the most recent storage is kept, so streaming a file of such storages costs one storage of memory
+        instead of re-inflating from the start for every chunk."""
+        key = (src.path, src.member, src.offset)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        need = storage.nbytes
+        if src.compressed:
+            import zipfile
+            import zlib
+
+            try:
+                with zipfile.ZipFile(self.path) as zf, zf.open(src.member or "") as fh:
+                    data = fh.read(need + 1)
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as e:
+                raise CorruptFileError(f"cannot inflate {src.member!r} ({e})", path=self.path) from None
+            if len(data) < need:
+                raise CorruptFileError(f"{src.member!r} inflates to {len(data)} bytes, expected {need}", path=self.path)
+        else:
+            from .formats.onnx import decode_typed_field
+
+            data = decode_typed_field(self._map(src.path), src, storage.dtype)
+        self._cache = (key, data)
+        return data
 
     def read_bytes(self, t: TensorInfo) -> bytes:
         """The tensor's own elements, C-contiguous, little-endian."""
