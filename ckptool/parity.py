@@ -484,6 +484,8 @@ def load_reference(
             return load_checked(ck, arch, num_classes=num_classes, arch_args=arch_args, part="features")
         except (WeightsMismatchError, UsageError):
             raise whole from None
+    if report.part == "features":  # arch auto found a backbone-only file: the model is the features already
+        return model, report
     sub = getattr(model, "features", None)
     if sub is None:
         raise UsageError(

@@ -156,6 +156,18 @@ def test_backbone_only_checkpoint_features_only(tiny: dict[str, Path], tmp_path:
     r = export_onnx(open_checkpoint(tiny["features"]), tmp_path / "f.onnx", arch=TINY, features_only=True)
     assert r.written and r.passed and r.output_names == ["features"]
     assert r.output_shapes == [["batch", 16, 8, 8]]
+    # a registry backbone identified by --arch auto works the same way
+    from ckptool.arch import vgg_spec
+    from ckptool.runtime import build_module
+
+    feats = build_module(vgg_spec("vgg11_bn", 10)).features
+    src = save(state_dict(feats), tmp_path / "vgg11_features.pth")
+    r = export_onnx(
+        open_checkpoint(src), tmp_path / "v.onnx", arch="auto", features_only=True, input_shape=(1, 3, 64, 64)
+    )
+    assert r.written and r.arch == "vgg11_bn" and r.output_shapes == [["batch", 512, 2, 2]]
+    r = export_onnx(open_checkpoint(src), tmp_path / "w.onnx", arch="auto", input_shape=(1, 3, 64, 64))
+    assert r.written and r.features_only and r.output_names == ["features"] and "backbone" in r.notes[0]
 
 
 @pytest.mark.parametrize("opset", [18, 20, 23])
