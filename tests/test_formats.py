@@ -301,3 +301,25 @@ def test_truncated_files_are_corrupt(tmp_path: Path, fmt: str) -> None:
         q.write_bytes(data[:cut])
         with pytest.raises((CorruptFileError, UnsupportedFormatError)):
             open_checkpoint(q)
+
+
+def test_onnx_sniffed_whatever_the_field_order(tmp_path: Path, fixtures_dir: Path) -> None:
+    """A valid ModelProto with metadata_props written before the graph is still recognised as ONNX."""
+    import onnx
+
+    m = onnx.load(str(fixtures_dir / "tiny_mlp.onnx"))
+    meta = onnx.ModelProto()
+    meta.metadata_props.add(key="author", value="ckptool")
+    rest = onnx.ModelProto()
+    rest.CopyFrom(m)
+    rest.ir_version = 0
+    data = (
+        onnx.ModelProto(ir_version=m.ir_version).SerializeToString()
+        + meta.SerializeToString()
+        + rest.SerializeToString()
+    )
+    p = tmp_path / "meta_first.onnx"
+    p.write_bytes(data)
+    assert onnx.load(str(p)).metadata_props[0].key == "author"  # protobuf accepts any field order
+    ck = open_checkpoint(p)
+    assert ck.format == "onnx" and len(ck) == 4

@@ -87,19 +87,23 @@ def _count_varints(buf: Any, span: tuple[int, int]) -> int:
     return len(raw) - len(raw.translate(None, bytes(range(128))))
 
 
+MODEL_FIELDS = {1, 2, 3, 4, 5, 6, 7, 8, 14, 20, 25}  # ModelProto's field numbers
+
+
 def looks_like_onnx(head: bytes) -> bool:
-    """A cheap content check: a ModelProto starts with ir_version (field 1, varint) in practice."""
-    if len(head) < 4 or head[0] != 0x08:
+    """A cheap content check on the first bytes: a run of valid ModelProto fields (any order) that includes
+    ir_version (field 1, varint); serialisers write it first in practice."""
+    if len(head) < 2 or head[0] != 0x08:
         return False
+    seen: set[int] = set()
     try:
-        seen = set()
         for num, _wt, _v in fields(head, 0, len(head)):
+            if num not in MODEL_FIELDS:
+                return False
             seen.add(num)
-            if num == 7:
-                return True
     except _Wire:
-        return bool(seen) and seen <= {1, 2, 3, 4, 5, 6, 8} and 1 in seen
-    return 1 in seen
+        pass  # a field that runs past the head: fine, we only look at the head
+    return (1 in seen and len(seen) > 1) or (seen == {1} and len(head) < 16)
 
 
 def _shape(buf: Any, span: tuple[int, int]) -> tuple[int | None, list[int | str]]:
