@@ -396,6 +396,16 @@ def diff(
             if pa and pb
             else f"matched names after dropping the prefix {(pa or pb)!r} from {'A' if pa else 'B'}"
         )
+    for onnx_side, other, names in (("B", a, report.only_in_a), ("A", b, report.only_in_b)):
+        if (b if onnx_side == "B" else a).format == "onnx" and other.format != "onnx":
+            # torch's ONNX export drops BatchNorm's training-only step counters; they are not weights
+            counters = [n for n in names if n.endswith("num_batches_tracked")]
+            if counters:
+                names[:] = [n for n in names if not n.endswith("num_batches_tracked")]
+                report.notes.append(
+                    f"ignored {len(counters)} num_batches_tracked counters that the ONNX side ({onnx_side}) "
+                    "cannot hold: they are training-only BatchNorm step counts, not weights"
+                )
     if not pairs:
         ex_a = ", ".join(names_a[:3]) or "none"
         ex_b = ", ".join(names_b[:3]) or "none"

@@ -243,3 +243,20 @@ def test_full_size_streamed(vgg16_bn_files: dict[str, Path], script) -> None:  #
     assert r.returncode == 1 and d["counts"]["identical"] == 84 and len(d["only_in_a"]) == 13
     r = script("diff", vgg16_bn_files["zip"], vgg16_bn_files["legacy"], "--exclude", "*num_batches_tracked")
     assert r.returncode == 0, r.stdout
+
+
+def test_pth_against_onnx_ignores_batchnorm_step_counters(tmp_path: Path) -> None:
+    """torch's ONNX export has no num_batches_tracked: a .pth and its ONNX still diff as identical, with a
+    note; a missing real weight still makes them different."""
+    rng = np.random.default_rng(1)
+    arrays = {"bn.weight": rng.standard_normal(4).astype(np.float32), "bn.running_var": np.ones(4, np.float32)}
+    onnx_path = make_onnx(tmp_path / "bn.onnx", arrays)
+    sd = OrderedDict((k, torch.from_numpy(v)) for k, v in arrays.items())
+    sd["bn.num_batches_tracked"] = torch.tensor(5)
+    a = save_sd(sd, tmp_path / "bn.pth")
+    r = run_diff(a, onnx_path)
+    assert r.identical and not r.only_in_a
+    assert any("num_batches_tracked" in n for n in r.notes)
+    sd["bn.extra"] = torch.ones(2)
+    r2 = run_diff(save_sd(sd, tmp_path / "bn2.pth"), onnx_path)
+    assert not r2.identical and r2.only_in_a == ["bn.extra"]
