@@ -23,3 +23,53 @@ KeyOpt = Annotated[
     ),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+
+# -- model options, shared by check, layers, export, parity, predict ---------------------------------------
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        "-a",
+        help="Architecture: auto (identify from the weights), a registry name (ckptool archs), module.path:callable, "
+        "or torchvision:<builder>.",
+        show_default=False,
+    ),
+]
+NumClassesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--num-classes",
+        min=1,
+        help="Size of the classification head (default: read from the weights).",
+        show_default=False,
+    ),
+]
+ArchArgOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--arch-arg",
+        help="key=value passed to a module:callable architecture's constructor (repeatable; values are Python literals).",
+        show_default=False,
+    ),
+]
+PartOpt = Annotated[
+    str | None,
+    typer.Option("--part", help="Use one sub-module only, e.g. features for a backbone-only file.", show_default=False),
+]
+InputShapeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--input-shape",
+        help="Input shape N,C,H,W (default: the ONNX graph's, then the architecture's: 1,3,224,224 for VGG).",
+        show_default=False,
+    ),
+]
+AtolOpt = Annotated[
+    float | None, typer.Option("--atol", min=0.0, help="Parity: absolute tolerance (default 1e-4).", show_default=False)
+]
+RtolOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--rtol", min=0.0, help="Parity: relative tolerance, of |torch output| (default 1e-3).", show_default=False
+    ),
+]

@@ -2,49 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 
 from ..arch.registry import parse_arch_args
 from ..compat import CompatReport
 from ..compat import check as check_compat
 from ..formats import open_checkpoint
-from ._options import JsonOpt, KeyOpt, PathArg
+from ._options import ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt, PartOpt, PathArg
 from ._output import kv_lines, out, print_json, table
-
-ArchOpt = Annotated[
-    str,
-    typer.Option(
-        "--arch",
-        "-a",
-        help="auto (identify from the weights), a registry name (ckptool archs), module.path:callable, "
-        "or torchvision:<builder>.",
-    ),
-]
-NumClassesOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--num-classes",
-        min=1,
-        help="Size of the classification head (default: the architecture's).",
-        show_default=False,
-    ),
-]
-PartOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--part", help="Check against one sub-module only, e.g. features for a backbone-only file.", show_default=False
-    ),
-]
-ArchArgOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--arch-arg",
-        help="key=value passed to a module:callable architecture's constructor (repeatable; values are Python literals).",
-        show_default=False,
-    ),
-]
 
 LIST_MAX = 20
 
@@ -117,7 +82,7 @@ def check(
     """
     args = parse_arch_args(arch_arg)
     ck = open_checkpoint(path, key=key)
-    report = check_compat(ck, arch, num_classes=num_classes, part=part, arch_args=args or None)
+    report = check_compat(ck, arch or "auto", num_classes=num_classes, part=part, arch_args=args or None)
     if json_:
         print_json(report.to_dict())
     else:

@@ -10,7 +10,18 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UsageError
-from ._options import ForceOpt, JsonOpt, KeyOpt, PathArg
+from ._options import (
+    ArchArgOpt,
+    ArchOpt,
+    AtolOpt,
+    ForceOpt,
+    InputShapeOpt,
+    JsonOpt,
+    KeyOpt,
+    NumClassesOpt,
+    PathArg,
+    RtolOpt,
+)
 from ._output import human_bytes, kv_lines, out, print_json
 
 SafetensorsOpt = Annotated[
@@ -30,34 +41,6 @@ OnnxOpt = Annotated[
         show_default=False,
     ),
 ]  # fmt: skip
-ArchOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--arch",
-        "-a",
-        help="[onnx] Architecture: a registry name (ckptool archs), module.path:callable, torchvision:<builder>, or auto.",
-        show_default=False,
-    ),
-]
-NumClassesOpt = Annotated[
-    int | None,
-    typer.Option("--num-classes", min=1, help="[onnx] Size of the classification head.", show_default=False),
-]
-ArchArgOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--arch-arg", help="[onnx] key=value for a module:callable constructor (repeatable).", show_default=False
-    ),
-]
-InputShapeOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--input-shape",
-        help="[onnx] Example input shape N,C,H,W (default: the architecture's, 1,3,224,224 for VGG). The batch "
-        "dimension is exported as dynamic.",
-        show_default=False,
-    ),
-]
 OpsetOpt = Annotated[
     int | None, typer.Option("--opset", help="[onnx] ONNX opset, 18-23 (default 18).", show_default=False)
 ]
@@ -70,14 +53,6 @@ ExternalOpt = Annotated[
 ]
 NoVerifyOpt = Annotated[
     bool, typer.Option("--no-verify", help="Skip the bit-exact check (safetensors/pth) or the parity check (onnx).")
-]
-AtolOpt = Annotated[
-    float | None,
-    typer.Option("--atol", help="[onnx] Parity: absolute tolerance (default 1e-4).", show_default=False, min=0.0),
-]
-RtolOpt = Annotated[
-    float | None,
-    typer.Option("--rtol", help="[onnx] Parity: relative tolerance (default 1e-3).", show_default=False, min=0.0),
 ]
 
 ONNX_ONLY = ("--arch", "--num-classes", "--arch-arg", "--input-shape", "--opset", "--features-only", "--external-data",

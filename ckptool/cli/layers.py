@@ -5,9 +5,8 @@ from __future__ import annotations
 from ..arch.registry import parse_arch_args
 from ..formats import open_checkpoint
 from ..layers import LayerTable, layer_table
-from ._options import JsonOpt, KeyOpt, PathArg
+from ._options import ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt, PartOpt, PathArg
 from ._output import human_count, out, print_json, table
-from .check import ArchArgOpt, ArchOpt, NumClassesOpt, PartOpt
 
 
 def render(t: LayerTable) -> None:
@@ -47,7 +46,7 @@ def layers(
     weight-layer number (conv and linear layers only), weight shape and parameter count."""
     args = parse_arch_args(arch_arg)
     ck = open_checkpoint(path, key=key)
-    t = layer_table(ck, arch, num_classes=num_classes, part=part, arch_args=args or None)
+    t = layer_table(ck, arch or "auto", num_classes=num_classes, part=part, arch_args=args or None)
     if json_:
         print_json(t.to_dict())
     else:

@@ -7,40 +7,13 @@ from typing import Annotated, Any
 
 import typer
 
-from ._options import JsonOpt, KeyOpt, PathArg
+from ._options import ArchArgOpt, ArchOpt, AtolOpt, InputShapeOpt, JsonOpt, KeyOpt, NumClassesOpt, PathArg, RtolOpt
 from ._output import kv_lines, out, print_json, table
 
 OnnxArg = Annotated[Path, typer.Argument(help="The ONNX model to verify.", show_default=False)]
-ArchOpt = Annotated[
-    str,
-    typer.Option(
-        "--arch",
-        "-a",
-        help="Architecture of the checkpoint: a registry name (ckptool archs), module.path:callable, "
-        "torchvision:<builder>, or auto.",
-    ),
-]
-NumClassesOpt = Annotated[
-    int | None, typer.Option("--num-classes", min=1, help="Size of the classification head.", show_default=False)
-]
-ArchArgOpt = Annotated[
-    list[str] | None,
-    typer.Option("--arch-arg", help="key=value for a module:callable constructor (repeatable).", show_default=False),
-]
 SamplesOpt = Annotated[int, typer.Option("--samples", "-n", min=1, help="How many seeded inputs to run.")]
 BatchOpt = Annotated[int, typer.Option("--batch", "-b", min=1, help="Batch size (for a dynamic batch dimension).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the inputs (standard normal, like normalized images).")]
-AtolOpt = Annotated[float, typer.Option("--atol", min=0.0, help="Absolute tolerance.")]
-RtolOpt = Annotated[float, typer.Option("--rtol", min=0.0, help="Relative tolerance (of |torch output|).")]
-InputShapeOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--input-shape",
-        help="Input shape N,C,H,W for symbolic dimensions of the ONNX input (default: the graph's, then the "
-        "architecture's).",
-        show_default=False,
-    ),
-]
 FeaturesOpt = Annotated[
     bool | None,
     typer.Option(
@@ -87,8 +60,8 @@ def parity(
     samples: SamplesOpt = 4,
     batch: BatchOpt = 2,
     seed: SeedOpt = 0,
-    atol: AtolOpt = 1e-4,
-    rtol: RtolOpt = 1e-3,
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
     input_shape: InputShapeOpt = None,
     features_only: FeaturesOpt = None,
     json_: JsonOpt = False,
@@ -97,11 +70,12 @@ def parity(
     output. An element fails only when it is off by more than --atol AND by more than --rtol x |torch|.
     Exit 0 pass, 1 fail, 2 error."""
     from ..arch.registry import parse_arch_args
-    from ..parity import check_parity, parse_shape
+    from ..parity import DEFAULT_ATOL, DEFAULT_RTOL, check_parity, parse_shape
 
     r = check_parity(
-        path, model, arch, key=key, num_classes=num_classes, arch_args=parse_arch_args(arch_arg) or None,
-        features_only=features_only, samples=samples, batch=batch, seed=seed, atol=atol, rtol=rtol,
+        path, model, arch or "auto", key=key, num_classes=num_classes, arch_args=parse_arch_args(arch_arg) or None,
+        features_only=features_only, samples=samples, batch=batch, seed=seed,
+        atol=DEFAULT_ATOL if atol is None else atol, rtol=DEFAULT_RTOL if rtol is None else rtol,
         input_shape=parse_shape(input_shape),
     )  # fmt: skip
     if json_:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import JsonOpt, KeyOpt
+from ._options import ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt
 from ._output import kv_lines, out, print_json, table
 
 ModelArg = Annotated[
@@ -19,15 +19,6 @@ ModelArg = Annotated[
 ]
 ImagesArg = Annotated[
     list[Path], typer.Argument(help="Image files (JPEG, PNG, ...); all run as one batch.", show_default=False)
-]
-ArchOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--arch",
-        "-a",
-        help="Architecture of a checkpoint: a registry name (vgg16_bn, ...), module.path:callable, or auto (default: identified from the weights). Not for ONNX.",
-        show_default=False,
-    ),
 ]
 TopOpt = Annotated[int, typer.Option("--top", "-k", help="How many classes to show per image.", min=1)]
 LabelsOpt = Annotated[
@@ -46,16 +37,6 @@ SizeOpt = Annotated[
         show_default=False,
         min=1,
     ),
-]
-NumClassesOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--num-classes", help="Output classes of the head (default: read from the weights).", show_default=False
-    ),
-]
-ArchArgOpt = Annotated[
-    list[str] | None,
-    typer.Option("--arch-arg", help="key=value passed to a module:callable architecture; repeatable."),
 ]
 
 
