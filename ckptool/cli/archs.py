@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..arch.registry import describe, torchvision_available
 from ._options import JsonOpt
 from ._output import human_count, out, print_json, table
 
@@ -13,6 +12,8 @@ OTHER = (
 
 def archs(json_: JsonOpt = False) -> None:
     """List the registry architectures (torchvision's VGG family, described as data)."""
+    from ..arch.registry import describe, torchvision_available
+
     infos = describe()
     tv = torchvision_available()
     if json_:

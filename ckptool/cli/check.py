@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
-from ..arch.registry import parse_arch_args
-from ..compat import CompatReport
-from ..compat import check as check_compat
-from ..formats import open_checkpoint
 from ._options import ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt, PartOpt, PathArg
 from ._output import kv_lines, out, print_json, table
+
+if TYPE_CHECKING:
+    from ..compat import CompatReport
 
 LIST_MAX = 20
 
@@ -80,6 +81,10 @@ def check(
     Exit 0 compatible, 1 incompatible (or nothing matches), 2 error. Header-only and torch-free for
     registry architectures.
     """
+    from ..arch.registry import parse_arch_args
+    from ..compat import check as check_compat
+    from ..formats import open_checkpoint
+
     args = parse_arch_args(arch_arg)
     ck = open_checkpoint(path, key=key)
     report = check_compat(ck, arch or "auto", num_classes=num_classes, part=part, arch_args=args or None)

@@ -7,15 +7,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..diff import DiffReport
-from ..diff import diff as run_diff
-from ..formats import detect_format, open_checkpoint
 from ._options import JsonOpt
 from ._output import human_bytes, kv_lines, out, print_json, table, warn
+
+if TYPE_CHECKING:
+    from ..diff import DiffReport
 
 FileA = Annotated[
     Path, typer.Argument(help="First file (.pth/.pt/.bin/.ckpt, .safetensors, .onnx).", show_default=False)
@@ -89,6 +89,8 @@ def _progress(label: str) -> Iterator[Any]:
 
 
 def _key_for(path: Path, key: str | None) -> str | None:
+    from ..formats import detect_format
+
     if key is None:
         return None
     return key if detect_format(path) in TORCH_FORMATS else None
@@ -178,6 +180,9 @@ def diff(
 ) -> None:
     """Compare two checkpoints: keys only in A / only in B, shape and dtype differences, and the max abs
     difference of every common tensor. Exit 0 identical (bit for bit, or within --atol), 1 different."""
+    from ..diff import diff as run_diff
+    from ..formats import open_checkpoint
+
     ca = open_checkpoint(a, key=key_a if key_a is not None else _key_for(a, key))
     with ca:
         cb = open_checkpoint(b, key=key_b if key_b is not None else _key_for(b, key))

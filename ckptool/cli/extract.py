@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..extract import extract as run_extract
 from ._options import ForceOpt, JsonOpt, KeyOpt, PathArg
 from ._output import human_bytes, human_count, kv_lines, print_json
 
@@ -47,6 +46,8 @@ def extract(
     json_: JsonOpt = False,
 ) -> None:
     """Extract the sub-state-dict under a prefix, e.g. `features` as a frozen feature extractor. Streamed and atomic."""
+    from ..extract import extract as run_extract
+
     res = run_extract(path, prefix, output, keep_prefix=keep_prefix, force=force, key=key)
     if json_:
         print_json(res.to_dict())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from ..arch.registry import parse_arch_args
-from ..formats import open_checkpoint
-from ..layers import LayerTable, layer_table
+from typing import TYPE_CHECKING
+
 from ._options import ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt, PartOpt, PathArg
 from ._output import human_count, out, print_json, table
+
+if TYPE_CHECKING:
+    from ..layers import LayerTable
 
 
 def render(t: LayerTable) -> None:
@@ -44,6 +46,10 @@ def layers(
 ) -> None:
     """Every module in forward order (ReLU, pooling and dropout included) with its paper-style name,
     weight-layer number (conv and linear layers only), weight shape and parameter count."""
+    from ..arch.registry import parse_arch_args
+    from ..formats import open_checkpoint
+    from ..layers import layer_table
+
     args = parse_arch_args(arch_arg)
     ck = open_checkpoint(path, key=key)
     t = layer_table(ck, arch or "auto", num_classes=num_classes, part=part, arch_args=args or None)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..errors import CkptError
-from ..scan import DANGEROUS, SAFE, ScanReport
-from ..scan import scan as scan_file
 from ._errors import error_line
 from ._options import JsonOpt
 from ._output import is_tty, out, print_json
+
+if TYPE_CHECKING:
+    from ..scan import ScanReport
 
 PathsArg = Annotated[
     list[Path],
@@ -36,6 +37,8 @@ def _style(text: str, style: str) -> str:
 
 
 def _render(r: ScanReport) -> list[str]:
+    from ..scan import DANGEROUS, SAFE
+
     status = "ok" if r.safe else f"FINDINGS ({len(r.findings)})"
     head = f"{r.path}: {_style(status, 'green' if r.safe else 'bold red')}"
     globs = r.global_summary()
@@ -78,6 +81,8 @@ def scan(paths: PathsArg, no_values: NoValuesOpt = False, json_: JsonOpt = False
     """Static safety and integrity scan for CI: every pickle and every global it references (safe / dangerous /
     unknown), hidden pickles, NaN/Inf and negative running_var, zip and safetensors structure, ONNX external data,
     and the file-name hash. Never unpickles. Exit 0 clean, 1 findings, 2 could not scan."""
+    from ..scan import scan as scan_file
+
     files: list[dict[str, Any]] = []
     code = 0
     clean = dirty = failed = 0
