@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 try:  # typer >= 0.2x vendors its own click
     from typer._click import ClickException, Context
 except ImportError:  # pragma: no cover - older typer on the real click
-    from click import ClickException, Context  # type: ignore[assignment]
+    from click import ClickException, Context  # type: ignore[assignment,no-redef]
 
 from ..errors import CkptError
 
