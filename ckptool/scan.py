@@ -34,7 +34,6 @@ import mmap
 import os
 import pickletools
 import re
-import stat
 import struct
 import zipfile
 import zlib
@@ -44,7 +43,7 @@ from typing import Any
 
 from . import dtypes
 from .checkpoint import Checkpoint, TensorInfo
-from .errors import CkptError, CorruptFileError, UnreadableError, UnsafeFileError, UnsupportedFormatError
+from .errors import CkptError, CorruptFileError, UnsafeFileError, UnsupportedFormatError
 from .formats import onnx as onnx_format
 from .formats import open_checkpoint, torch_zip
 from .formats.sniff import LEGACY_HEAD
@@ -1115,27 +1114,9 @@ def tensor_stats(ck: Checkpoint, t: TensorInfo) -> tuple[int, int, int, int | No
 # Entry point
 # --------------------------------------------------------------------------------------------
 def _open(path: str) -> mmap.mmap:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise UnreadableError("no such file", path=path) from None
-    except PermissionError:
-        raise UnreadableError("permission denied", path=path) from None
-    except (OSError, ValueError) as e:
-        raise UnreadableError(f"cannot stat ({getattr(e, 'strerror', None) or e})", path=path) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise UnreadableError("is a directory, not a weight file", path=path)
-    if not stat.S_ISREG(st.st_mode):
-        raise UnreadableError("is not a regular file", path=path)
-    if st.st_size == 0:
-        raise CorruptFileError("file is empty", path=path)
-    try:
-        with open(path, "rb") as fh:
-            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    except PermissionError:
-        raise UnreadableError("permission denied", path=path) from None
-    except (OSError, ValueError) as e:
-        raise UnreadableError(f"cannot read ({e})", path=path) from None
+    from .formats.sniff import open_map
+
+    return open_map(path)[0]
 
 
 def scan(path: str | os.PathLike[str], *, values: bool = True) -> ScanReport:

@@ -54,15 +54,16 @@ def sniff_bytes(head: bytes, size: int) -> str:
     raise UnsupportedFormatError("not a checkpoint ckptool recognises (torch zip, torch legacy, safetensors, ONNX)")
 
 
-def _open_map(path: str) -> tuple[Any, int]:
+def open_map(path: str) -> tuple[Any, int]:
+    """A read-only mmap of a regular, non-empty file and its size; every failure is a CkptError naming it."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise UnreadableError("no such file", path=path) from None
     except PermissionError:
         raise UnreadableError("permission denied", path=path) from None
-    except OSError as e:
-        raise UnreadableError(f"cannot stat ({e.strerror or e})", path=path) from None
+    except (OSError, ValueError) as e:
+        raise UnreadableError(f"cannot stat ({getattr(e, 'strerror', None) or e})", path=path) from None
     if stat.S_ISDIR(st.st_mode):
         raise UnreadableError("is a directory, not a checkpoint file", path=path)
     if not stat.S_ISREG(st.st_mode):
@@ -80,7 +81,7 @@ def _open_map(path: str) -> tuple[Any, int]:
 
 def detect_format(path: str | os.PathLike[str]) -> str:
     path = os.fspath(path)
-    mm, size = _open_map(path)
+    mm, size = open_map(path)
     try:
         return _sniff(mm, size, path)
     finally:
@@ -101,7 +102,7 @@ def open_checkpoint(path: str | os.PathLike[str], *, key: str | None = None) -> 
     by default the conventional key holding the largest mapping of tensors is used.
     """
     path = os.fspath(path)
-    mm, size = _open_map(path)
+    mm, size = open_map(path)
     try:
         fmt = _sniff(mm, size, path)
         try:
