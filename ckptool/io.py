@@ -388,3 +388,26 @@ def copy_range(
         done += k
         if progress is not None:
             progress(k)
+
+
+def verification_failed(msg: str, out: str | os.PathLike[str]) -> CkptError:
+    """The error a writer raises when its bit-exact check finds the output wrong (nothing is published)."""
+    return CkptError(f"verification failed: {msg}; nothing was written", path=os.fspath(out))
+
+
+def reopen_written(
+    tmp: str, out: str | os.PathLike[str], fmt: str, names: Iterable[str], *, ordered: bool
+) -> Checkpoint:
+    """Read a writer's temporary output back with ckptool's own reader and check that it is a ``fmt`` file
+    listing exactly ``names`` (in order, when ``ordered``). The caller closes the returned Checkpoint."""
+    from .formats import open_checkpoint
+
+    try:
+        written = open_checkpoint(tmp)
+    except CkptError as e:
+        raise verification_failed(f"the written file does not read back ({e.message})", out) from None
+    listed, expect = [t.name for t in written.tensors], list(names)
+    if written.format != fmt or (listed != expect if ordered else set(listed) != set(expect)):
+        written.close()
+        raise verification_failed("the written file does not list the planned tensors", out)
+    return written

@@ -36,7 +36,7 @@ from typing import Any
 from .. import dtypes
 from ..checkpoint import Checkpoint, TensorInfo
 from ..errors import CkptError, CorruptFileError
-from ..io import CHUNK, SourceReader, atomic_output, background_fsync, write_all
+from ..io import CHUNK, SourceReader, atomic_output, background_fsync, reopen_written, verification_failed, write_all
 from .safetensors_writer import (
     ExportResult,
     Progress,
@@ -479,19 +479,11 @@ def export_pth(
 
 
 def _verify(tmp: str, p: _Plan, reader: SourceReader, buf: bytearray, tick: Ticker, out: Path) -> None:
-    from ..formats import open_checkpoint
-
     def fail(msg: str) -> CkptError:
-        return CkptError(f"verification failed: {msg}; nothing was written", path=out)
+        return verification_failed(msg, out)
 
-    try:
-        written = open_checkpoint(tmp)
-    except CkptError as err:
-        raise fail(f"the written file does not read back ({err.message})") from None
-    with written:
+    with reopen_written(tmp, out, "torch-zip", [e.name for e in p.entries], ordered=True) as written:
         got = {t.name: t for t in written.tensors}
-        if written.format != "torch-zip" or list(got) != [e.name for e in p.entries]:
-            raise fail("the written file does not list the planned tensors")
         records: dict[str, tuple[int, int]] = {}
         for e in p.entries:
             w = got[e.name]

@@ -37,6 +37,8 @@ from ..io import (
     copy_range,
     iter_tensor_bytes,
     raw_location,
+    reopen_written,
+    verification_failed,
     write_all,
 )
 
@@ -335,19 +337,11 @@ def _verify(
     head_len: int,
     out: Path,
 ) -> None:
-    from ..formats import open_checkpoint
-
     def fail(msg: str) -> CkptError:
-        return CkptError(f"verification failed: {msg}; nothing was written", path=out)
+        return verification_failed(msg, out)
 
-    try:
-        written = open_checkpoint(tmp)
-    except CkptError as e:
-        raise fail(f"the written file does not parse ({e.message})") from None
-    with written:
+    with reopen_written(tmp, out, "safetensors", [n for n, _, _ in layout], ordered=False) as written:
         got = {t.name: t for t in written.tensors}
-        if written.format != "safetensors" or set(got) != {n for n, _, _ in layout}:
-            raise fail("the written file does not list the planned tensors")
         scratch = bytearray(CHUNK)
         for name, t, off in layout:
             w = got[name]
