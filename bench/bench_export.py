@@ -1,6 +1,6 @@
 """ckptool export --safetensors / --pth vs what users do today, side by side in one run.
 
-    python bench/bench_export.py [--runs 5] [--dir /tmp/ckptool-bench]
+    python bench/bench_export.py [--runs 5] [--dir /tmp/ckptool-bench] [--cold]
 
 Builds (once, in --dir) a full-size vgg16_bn (553 MB) in torch zip and legacy format, then for each source
 times, in fresh processes (median wall and CPU time, ratios, the child's peak RSS):
@@ -62,7 +62,17 @@ def build(d: Path) -> dict[str, Path]:
     return files
 
 
-def measure_interleaved(routes: list[tuple[str, list[str], Path]], runs: int, warmup: int = 1) -> list[Measure]:
+def drop_caches() -> None:
+    """Evict the page cache (root only), so the next run reads its source from disk, as a first conversion of
+    a freshly copied file does."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as fh:
+        fh.write("3\n")
+
+
+def measure_interleaved(
+    routes: list[tuple[str, list[str], Path]], runs: int, warmup: int = 1, cold: bool = False
+) -> list[Measure]:
     """Like _harness.measure, but round-robin over the routes (run 1 of every route, then run 2, ...), so
     a burst of load on a shared machine hits every route alike; ``out`` is deleted and dirty pages are
     flushed before each run (untimed)."""
@@ -73,6 +83,8 @@ def measure_interleaved(routes: list[tuple[str, list[str], Path]], runs: int, wa
         for k, (_label, cmd, out) in enumerate(routes):
             out.unlink(missing_ok=True)
             os.sync()
+            if cold:
+                drop_caches()
             s, cpu, rss = run_once(cmd)
             if i >= warmup:
                 times[k].append(s)
@@ -93,6 +105,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dir", default="/tmp/ckptool-bench")
+    ap.add_argument("--cold", action="store_true", help="drop the page cache before every run (needs root)")
     a = ap.parse_args()
     d = Path(a.dir)
     files = build(d)
@@ -124,9 +137,13 @@ def main() -> None:
                 ("cp && sync", ["sh", "-c", CP_SYNC, "sh", str(src), str(cp_out)], cp_out),
             ],
             a.runs,
+            cold=a.cold,
         )
         base, synced = rows[3], rows[4]
-        text = report(f"--safetensors, {label} source: {src.name} ({size:.0f} MB); ratios against cp", rows, base)
+        cache = "cold page cache" if a.cold else "source in the page cache"
+        text = report(
+            f"--safetensors, {label} source: {src.name} ({size:.0f} MB, {cache}); ratios against cp", rows, base
+        )
         vs_sync = ", ".join(f"{m.label.strip()} {m.median / synced.median:.2f}x" for m in rows[:3])
         text += f"\n\nagainst `cp && sync` ({synced.median:.3f} s): {vs_sync}\n"
         sections.append(text)
@@ -141,6 +158,7 @@ def main() -> None:
                 ),
             ],
             a.runs,
+            cold=a.cold,
         )
         sections.append(report(f"--pth, {label} source ({size:.0f} MB); ratios against torch", prow, prow[2]))
     print("\n\n".join(sections))
