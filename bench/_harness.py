@@ -6,12 +6,15 @@ that child's own ru_maxrss (read through a tiny wrapper process, so runs do not 
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 _WRAPPER = r"""
 import json, resource, subprocess, sys, time
@@ -75,3 +78,31 @@ def report(title: str, rows: list[Measure], baseline: Measure) -> str:
             f"| {m.label} | {m.median:.3f} | {ratio:.2f}x | {m.cpu_median:.3f} | {cratio:.2f}x | {m.rss_mib:.0f} |"
         )
     return "\n".join(lines)
+
+
+def bench_args(extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The options every bench script takes: --runs (fresh-process runs per route) and --dir (built files)."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--dir", default="/tmp/ckptool-bench")
+    if extra is not None:
+        extra(ap)
+    return ap.parse_args()
+
+
+def vgg16_bn_files(d: Path) -> dict[str, Path]:
+    """A full-size vgg16_bn (553 MB) in torch zip format and in legacy format without num_batches_tracked
+    (like torchvision's 2017 file), built once in ``d`` and shared by the bench scripts."""
+    files = {"zip": d / "vgg16_bn.pth", "legacy": d / "vgg16_bn_legacy.pth"}
+    if not all(p.exists() for p in files.values()):
+        from factory import save, vgg_state_dict
+
+        d.mkdir(parents=True, exist_ok=True)
+        sd = vgg_state_dict("vgg16_bn")
+        save(sd, files["zip"], "zip")
+        save(
+            OrderedDict((k, v) for k, v in sd.items() if not k.endswith("num_batches_tracked")),
+            files["legacy"],
+            "legacy",
+        )
+    return files

@@ -19,7 +19,6 @@ the check itself.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _harness import measure, report
+from _harness import bench_args, measure, report
 
 # torchvision/models/vgg.py (make_layers, VGG with _initialize_weights), inline
 TV_VGG = r"""
@@ -107,10 +106,7 @@ def in_process(path: Path, runs: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--dir", default="/tmp/ckptool-bench")
-    a = ap.parse_args()
+    a = bench_args()
     from bench_inspect import build  # the same files as the inspect benchmark
 
     files = build(Path(a.dir))

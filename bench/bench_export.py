@@ -25,13 +25,12 @@ import os
 import shutil
 import subprocess
 import sys
-from collections import OrderedDict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _harness import Measure, report, run_once
+from _harness import Measure, bench_args, report, run_once, vgg16_bn_files
 
 TORCH_ST = (
     "import sys, torch; from safetensors.torch import save_file\n"
@@ -50,16 +49,7 @@ LIB_EXPORT = (
 
 
 def build(d: Path) -> dict[str, Path]:
-    files = {"zip": d / "vgg16_bn.pth", "legacy": d / "vgg16_bn_legacy.pth"}
-    if not all(p.exists() for p in files.values()):
-        from factory import save, vgg_state_dict
-
-        d.mkdir(parents=True, exist_ok=True)
-        sd = vgg_state_dict("vgg16_bn")
-        save(sd, files["zip"], "zip")
-        legacy = OrderedDict((k, v) for k, v in sd.items() if not k.endswith("num_batches_tracked"))
-        save(legacy, files["legacy"], "legacy")
-    return files
+    return vgg16_bn_files(d)
 
 
 def drop_caches() -> None:
@@ -102,11 +92,10 @@ def ckptool_cli() -> list[str] | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--dir", default="/tmp/ckptool-bench")
-    ap.add_argument("--cold", action="store_true", help="drop the page cache before every run (needs root)")
-    a = ap.parse_args()
+    def options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--cold", action="store_true", help="drop the page cache before every run (needs root)")
+
+    a = bench_args(options)
     d = Path(a.dir)
     files = build(d)
     cli = ckptool_cli()

@@ -8,7 +8,6 @@ each route in fresh processes: median wall time, ratio, and the child's peak RSS
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections import OrderedDict
@@ -17,26 +16,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _harness import measure, report
+from _harness import bench_args, measure, report, vgg16_bn_files
 
 TORCH_LIST = "import sys, torch; sd = torch.load(sys.argv[1], mmap={mmap}, weights_only=True)\nfor k, v in sd.items(): print(k, v.size())"
 
 
 def build(d: Path) -> dict[str, Path]:
+    """The shared full-size vgg16_bn files, plus a ~10 MB file with the same keys."""
     import torch
-    from factory import save, vgg_state_dict
+    from factory import save
 
-    d.mkdir(parents=True, exist_ok=True)
-    files = {"zip": d / "vgg16_bn.pth", "legacy": d / "vgg16_bn_legacy.pth", "small": d / "small_10mb.pth"}
-    if not all(p.exists() for p in files.values()):
-        sd = vgg_state_dict("vgg16_bn")
-        save(sd, files["zip"], "zip")
-        save(
-            OrderedDict((k, v) for k, v in sd.items() if not k.endswith("num_batches_tracked")),
-            files["legacy"],
-            "legacy",
-        )
-        # same 100 keys, ~10 MB in total
+    files = {**vgg16_bn_files(d), "small": d / "small_10mb.pth"}
+    if not files["small"].exists():
+        sd = torch.load(files["zip"], mmap=True, weights_only=True)
         scale = (10e6 / 4) / sum(v.numel() for v in sd.values())
         small = OrderedDict((k, torch.zeros(max(1, int(v.numel() * scale)))) for k, v in sd.items())
         save(small, files["small"], "zip")
@@ -44,10 +36,7 @@ def build(d: Path) -> dict[str, Path]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--dir", default="/tmp/ckptool-bench")
-    a = ap.parse_args()
+    a = bench_args()
     files = build(Path(a.dir))
     ck = [sys.executable, "-m", "ckptool"]
     out = []

@@ -14,14 +14,13 @@ times, each in fresh processes (median wall time, CPU time, the child's peak RSS
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _harness import Measure, report, run_once
+from _harness import Measure, bench_args, report, run_once
 
 BARE = r"""
 import sys, warnings, logging
@@ -52,10 +51,7 @@ def build(d: Path) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--dir", default="/tmp/ckptool-bench")
-    a = ap.parse_args()
+    a = bench_args()
     d = Path(a.dir)
     src = build(d)
     ck = [sys.executable, "-m", "ckptool"]

@@ -20,7 +20,6 @@ extract (the article's partial model: `features` to its own file):
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _harness import measure, report
+from _harness import bench_args, measure, report
 
 ARTICLE = r"""
 import sys, torch
@@ -121,10 +120,7 @@ def build(d: Path) -> dict[str, Path]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--dir", default="/tmp/ckptool-bench")
-    a = ap.parse_args()
+    a = bench_args()
     f = build(Path(a.dir))
     py, ck = sys.executable, [sys.executable, "-m", "ckptool"]
     imgs = [str(f["img1"]), str(f["img2"])]

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from _harness import measure, report  # noqa: E402
+from _harness import bench_args, measure, report  # noqa: E402
 from bench_inspect import build  # noqa: E402
 
 GENOPS = r"""
@@ -109,11 +109,10 @@ def _picklescan() -> str | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--dir", default="/tmp/ckptool-bench")
-    ap.add_argument("--no-corpus", action="store_true", help="skip the detection table")
-    a = ap.parse_args()
+    def options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-corpus", action="store_true", help="skip the detection table")
+
+    a = bench_args(options)
     files = build(Path(a.dir))
     ck = [sys.executable, "-m", "ckptool"]
     out: list[str] = []
