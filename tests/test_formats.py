@@ -323,3 +323,16 @@ def test_onnx_sniffed_whatever_the_field_order(tmp_path: Path, fixtures_dir: Pat
     assert onnx.load(str(p)).metadata_props[0].key == "author"  # protobuf accepts any field order
     ck = open_checkpoint(p)
     assert ck.format == "onnx" and len(ck) == 4
+
+
+def test_old_gpu_file_naming_torch_cuda_storage_classes(tmp_path: Path, cuda_tagged: None) -> None:
+    """Pre-1.0 files saved on a GPU pickle the CUDA storage class itself (torch.cuda.FloatStorage)."""
+    p = save(OrderedDict(w=torch.arange(4.0)), tmp_path / "gpu_legacy.pth", "legacy")
+    raw = p.read_bytes()
+    assert raw.count(b"ctorch\nFloatStorage\n") == 1
+    q = tmp_path / "old_gpu.pth"
+    q.write_bytes(raw.replace(b"ctorch\nFloatStorage\n", b"ctorch.cuda\nFloatStorage\n"))
+    ck = open_checkpoint(q)
+    t = ck["w"]
+    assert t.dtype == "float32" and t.storage.location == "cuda:0"
+    assert ck.read_bytes(t) == torch.arange(4.0).numpy().tobytes()
