@@ -336,3 +336,74 @@ def test_old_gpu_file_naming_torch_cuda_storage_classes(tmp_path: Path, cuda_tag
     t = ck["w"]
     assert t.dtype == "float32" and t.storage.location == "cuda:0"
     assert ck.read_bytes(t) == torch.arange(4.0).numpy().tobytes()
+
+
+def _write_2017_style_legacy(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """A legacy file as torch 0.2/0.3 wrote them (torchvision's 2017 VGG files): tensors rebuilt by the 4-argument
+    ``torch._utils._rebuild_tensor``, storages tagged 'cuda:0' with ``torch.cuda.FloatStorage``, no
+    num_batches_tracked, storage records in sorted-key order."""
+    import struct
+    import sys as _sys
+
+    from torch._utils import _rebuild_tensor
+
+    class Storage:
+        def __init__(self, key: str, data: np.ndarray) -> None:
+            self.key, self.data = key, data
+
+    class Tensor:
+        def __init__(self, s: Storage, shape: tuple[int, ...]) -> None:
+            self.s, self.shape = s, shape
+
+        def __reduce__(self):  # type: ignore[override]
+            stride = tuple(int(np.prod(self.shape[i + 1 :])) for i in range(len(self.shape)))
+            return (_rebuild_tensor, (self.s, 0, self.shape, stride))
+
+    class P(pickle.Pickler):
+        def persistent_id(self, obj: object):  # type: ignore[override]
+            if isinstance(obj, Storage):
+                return ("storage", torch.cuda.FloatStorage, obj.key, "cuda:0", obj.data.size, None)
+            return None
+
+    storages = {
+        f"{140000000 + i}": Storage(f"{140000000 + i}", a.astype(np.float32).ravel())
+        for i, a in enumerate(tensors.values())
+    }
+    sd = OrderedDict((k, Tensor(s, a.shape)) for (k, a), s in zip(tensors.items(), storages.values(), strict=True))
+    with open(path, "wb") as f:
+        pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
+        pickle.dump(1001, f, protocol=2)
+        pickle.dump(
+            {
+                "protocol_version": 1001,
+                "little_endian": _sys.byteorder == "little",
+                "type_sizes": {"short": 2, "int": 4, "long": 4},
+            },
+            f,
+            protocol=2,
+        )
+        P(f, protocol=2).dump(sd)
+        keys = sorted(storages)
+        pickle.dump(keys, f, protocol=2)
+        for k in keys:
+            f.write(struct.pack("<q", storages[k].data.size))
+            f.write(storages[k].data.tobytes())
+
+
+def test_2017_style_legacy_file_like_torchvision_vgg(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {
+        "features.0.weight": rng.standard_normal((64, 3, 3, 3)),
+        "features.0.bias": rng.standard_normal(64),
+        "features.1.running_var": rng.random(64),
+        "classifier.6.weight": rng.standard_normal((10, 16)),
+    }
+    p = tmp_path / "vgg16_bn-6c64b313.pth"
+    _write_2017_style_legacy(p, arrays)
+    ref = torch.load(p, map_location="cpu", weights_only=True)  # torch itself accepts the file
+    ck = open_checkpoint(p)
+    assert ck.format == "torch-legacy" and ck.names() == list(arrays) == list(ref)
+    for t in ck:
+        assert t.shape == tuple(ref[t.name].shape)
+        assert t.storage.location == "cuda:0"
+        assert ck.read_bytes(t) == ref[t.name].numpy().tobytes()
