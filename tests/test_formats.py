@@ -407,3 +407,18 @@ def test_2017_style_legacy_file_like_torchvision_vgg(tmp_path: Path) -> None:
         assert t.shape == tuple(ref[t.name].shape)
         assert t.storage.location == "cuda:0"
         assert ck.read_bytes(t) == ref[t.name].numpy().tobytes()
+
+
+def test_onnx_sniffed_when_the_graph_outruns_the_first_bytes(tmp_path: Path) -> None:
+    """onnx.helper writes ir_version, then a graph far larger than the 4 KB the sniffer looks at."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    big = numpy_helper.from_array(np.arange(100_000, dtype=np.float32), "w")
+    out = helper.make_tensor_value_info("w", TensorProto.FLOAT, [100_000])
+    p = tmp_path / "big.onnx"
+    onnx.save(helper.make_model(helper.make_graph([], "g", [], [out], [big])), str(p))
+    assert p.read_bytes()[:1] == b"\x08" and p.stat().st_size > 400_000
+    ck = open_checkpoint(p)
+    assert ck.format == "onnx" and ck["w"].shape == (100_000,)
+    assert ck.read_bytes(ck["w"]) == np.arange(100_000, dtype=np.float32).tobytes()

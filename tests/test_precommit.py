@@ -61,6 +61,19 @@ def _features_file(path: Path, arch: str, seed: int) -> Path:
     return path
 
 
+def _onnx_with_initializers(path: Path, pth: Path) -> Path:
+    """An ONNX model whose initializers are a state_dict's tensors under their own names, as `ckptool export
+    --onnx` writes them (torch's exporter drops num_batches_tracked)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    sd = torch.load(pth, weights_only=True)
+    inits = [numpy_helper.from_array(v.numpy(), k) for k, v in sd.items() if not k.endswith("num_batches_tracked")]
+    out = helper.make_tensor_value_info(inits[0].name, TensorProto.FLOAT, list(inits[0].dims))
+    onnx.save(helper.make_model(helper.make_graph([], "backbone", [], [out], inits)), str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     base = tmp_path_factory.mktemp("precommit")
@@ -80,6 +93,7 @@ def repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     _features_file(proj / "backbone_vgg13_bn.PT", "vgg13_bn", 1)  # upper-case extension: still a weight file
     (proj / "notes.txt").write_text("not a weight file\n")
     shutil.copy(ROOT / "fixtures" / "tiny_mlp.onnx", proj / "model.onnx")
+    _onnx_with_initializers(proj / "backbone_vgg11_bn.onnx", proj / "backbone_vgg11_bn.pth")
     return {"env": env, "hooks": hooks, "proj": proj, "rev": _git(hooks, env, "rev-parse", "HEAD")}
 
 
@@ -171,10 +185,17 @@ def test_try_repo_scan(repos: dict) -> None:
     (proj / "evil.pth").unlink()
 
 
-def test_non_weight_files_are_skipped(repos: dict) -> None:
-    """check skips text files, and ONNX graphs (batch norm folded, initializers renamed: never a state_dict)."""
+def test_non_weight_files_are_skipped_and_onnx_is_checked(repos: dict) -> None:
+    """check skips text files; an ONNX file is checked by its initializers (a vgg11_bn backbone passes, an
+    ONNX graph of another model fails)."""
     env, proj = repos["env"], repos["proj"]
-    _config(repos, ["--arch=vgg11_bn"])
-    r = _pre_commit(proj, env, "run", "--files", "notes.txt", "model.onnx")
+    _config(repos, ["--arch=vgg11_bn", "--part=features"])
+    r = _pre_commit(proj, env, "run", "--files", "notes.txt")
     assert r.returncode == 0
     assert "(no files to check)Skipped" in r.stdout
+    r = _pre_commit(proj, env, "run", "--verbose", "--files", "notes.txt", "backbone_vgg11_bn.onnx")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Passed" in r.stdout and "backbone_vgg11_bn.onnx" in r.stdout
+    r = _pre_commit(proj, env, "run", "--verbose", "--files", "model.onnx")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Failed" in r.stdout and "model.onnx" in r.stdout

@@ -91,19 +91,28 @@ MODEL_FIELDS = {1, 2, 3, 4, 5, 6, 7, 8, 14, 20, 25}  # ModelProto's field number
 
 
 def looks_like_onnx(head: bytes) -> bool:
-    """A cheap content check on the first bytes: a run of valid ModelProto fields (any order) that includes
-    ir_version (field 1, varint); serialisers write it first in practice."""
+    """A cheap content check on the first bytes: a run of valid ModelProto field tags (any order) that includes
+    ir_version (field 1, varint; serialisers write it first in practice) and at least one other field. A field
+    whose value runs past the head (the graph, usually) still counts: only its tag has to be there."""
     if len(head) < 2 or head[0] != 0x08:
         return False
     seen: set[int] = set()
+    pos, end = 0, len(head)
     try:
-        for num, _wt, _v in fields(head, 0, len(head)):
-            if num not in MODEL_FIELDS:
+        while pos < end:
+            tag, pos = _varint(head, pos, end)
+            num, wt = tag >> 3, tag & 7
+            if num not in MODEL_FIELDS or wt not in (0, 2):
                 return False
             seen.add(num)
+            if wt == 0:
+                _, pos = _varint(head, pos, end)
+            else:
+                n, pos = _varint(head, pos, end)
+                pos += n
     except _Wire:
-        pass  # a field that runs past the head: fine, we only look at the head
-    return (1 in seen and len(seen) > 1) or (seen == {1} and len(head) < 16)
+        pass  # a value cut off by the end of the head
+    return 1 in seen and (len(seen) > 1 or len(head) < 16)
 
 
 def _shape(buf: Any, span: tuple[int, int]) -> tuple[int | None, list[int | str]]:
