@@ -304,9 +304,14 @@ def _findings(ck: Checkpoint, m: Match, report: CompatReport) -> list[str]:
         out.append(f"the weights sit under {ck.state_dict_key!r} of a training checkpoint")
     if m.optional_missing:
         n = len(m.optional_missing)
+        why = (
+            "torch's ONNX export drops these training-only counters"
+            if ck.format == "onnx"
+            else "a file saved before torch 0.4.1, like torchvision's VGG files"
+        )
         out.append(
-            f"{n} BatchNorm layer{'s have' if n > 1 else ' has'} no num_batches_tracked (a file saved before "
-            "torch 0.4.1, like torchvision's VGG files): load_state_dict accepts this"
+            f"{n} BatchNorm layer{'s have' if n > 1 else ' has'} no num_batches_tracked ({why}): "
+            "load_state_dict accepts this"
         )
     mapped = set(m.key_map.values())
     bn_missing = [
