@@ -47,17 +47,18 @@ def main(
     """ckptool: what is inside a weight file, does it fit a model, and ship it without losing a bit."""
 
 
+# in the order of the article's workflow: look, fit, convert, verify, secure, use
 app.command("inspect")(inspect)
 app.command("layers")(layers)
 app.command("check")(check)
 app.command("archs")(archs)
-app.command("labels")(labels)
-app.command("extract")(extract)
-app.command("predict")(predict)
-app.command("diff")(diff)
 app.command("export")(export)
 app.command("parity")(parity)
+app.command("diff")(diff)
 app.command("scan")(scan)
+app.command("predict")(predict)
+app.command("labels")(labels)
+app.command("extract")(extract)
 
 
 def run() -> None:
