@@ -100,8 +100,9 @@ class CompatReport:
 # ---------------------------------------------------------------------------------------------------
 # matching
 # ---------------------------------------------------------------------------------------------------
-def _known_prefix(keys: list[str]) -> str:
-    """Stacked known prefixes carried by most keys (e.g. "module._orig_mod.")."""
+def known_prefix(keys: list[str]) -> str:
+    """The stacked known prefixes (``module.``, ``model.``, ``_orig_mod.``) most of ``keys`` carry (e.g.
+    "module._orig_mod."), or ""."""
     pre = ""
     while True:
         rest = [k[len(pre) :] for k in keys if k.startswith(pre)]
@@ -114,17 +115,12 @@ def _known_prefix(keys: list[str]) -> str:
             return pre
 
 
-def known_prefix(keys: list[str]) -> str:
-    """The stacked known prefixes (``module.``, ``model.``, ``_orig_mod.``) most of ``keys`` carry, or ""."""
-    return _known_prefix(keys)
-
-
 def _prefix_candidates(keys: list[str], spec: ArchSpec) -> list[str]:
     """Prefixes worth trying: none, the known ones, and any P such that P + model key is a file key for
     at least half the model's keys (``backbone.``, ``features.`` ...)."""
     expected = spec.state_dict_shapes()
     out = [""]
-    known = _known_prefix(keys)
+    known = known_prefix(keys)
     if known:
         out.append(known)
     counts: Counter[str] = Counter()
