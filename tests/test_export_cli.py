@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ckptool.cli import export as export_cli
+from ckptool.cli import _output as output
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +96,14 @@ def test_existing_output_and_input(src: dict, tmp_path: Path, cli) -> None:
 
 def test_progress_bar_waits_and_needs_a_terminal(monkeypatch) -> None:
     clock = [100.0]
-    monkeypatch.setattr(export_cli.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(export_cli, "_stderr_tty", lambda: False)
-    bar = export_cli._Bar("x")
+    monkeypatch.setattr(output.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(output, "stderr_is_tty", lambda: False)
+    bar = output.ProgressBar("x")
     clock[0] += 5
     bar(10, 100)
     assert bar.progress is None  # not a terminal: never
-    monkeypatch.setattr(export_cli, "_stderr_tty", lambda: True)
-    bar = export_cli._Bar("x")
+    monkeypatch.setattr(output, "stderr_is_tty", lambda: True)
+    bar = output.ProgressBar("x")
     bar(10, 100)
     assert bar.progress is None  # under a second: not yet
     clock[0] += 0.5

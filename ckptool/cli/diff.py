@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ._options import JsonOpt
-from ._output import human_bytes, kv_lines, out, print_json, table, warn
+from ._output import ProgressBar, human_bytes, kv_lines, out, print_json, table, warn
 
 if TYPE_CHECKING:
     from ..diff import DiffReport
@@ -53,39 +49,6 @@ AllOpt = Annotated[bool, typer.Option("--all", help="List every tensor, not just
 
 TORCH_FORMATS = ("torch-zip", "torch-legacy", "torchscript")
 SHOW = 20  # names listed per section before "... and N more"
-
-
-@contextmanager
-def _progress(label: str) -> Iterator[Any]:
-    """A progress callback that shows a rich bar on stderr, only on a terminal and only once the work
-    has run for about a second."""
-    state: dict[str, Any] = {"bar": None, "task": None, "start": time.monotonic()}
-
-    def update(done: int, total: int) -> None:
-        if state["bar"] is None:
-            if time.monotonic() - state["start"] < 1.0 or done >= total:
-                return
-            from rich.console import Console
-            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-
-            bar = Progress(
-                f"[bold]{label}[/bold]",
-                BarColumn(),
-                DownloadColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            bar.start()
-            state["bar"], state["task"] = bar, bar.add_task(label, total=total)
-        state["bar"].update(state["task"], completed=done, total=total)
-
-    interactive = sys.stderr.isatty()
-    try:
-        yield update if interactive else None
-    finally:
-        if state["bar"] is not None:
-            state["bar"].stop()
 
 
 def _key_for(path: Path, key: str | None) -> str | None:
@@ -186,8 +149,8 @@ def diff(
     ca = open_checkpoint(a, key=key_a if key_a is not None else _key_for(a, key))
     with ca:
         cb = open_checkpoint(b, key=key_b if key_b is not None else _key_for(b, key))
-        with cb, _progress("comparing") as cb_progress:
-            report = run_diff(ca, cb, atol=atol, only=only, exclude=exclude, progress=cb_progress)
+        with cb, ProgressBar("comparing") as bar:
+            report = run_diff(ca, cb, atol=atol, only=only, exclude=exclude, progress=bar)
     if json_:
         print_json(report.to_dict())
     else:

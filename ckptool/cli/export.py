@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +20,7 @@ from ._options import (
     PathArg,
     RtolOpt,
 )
-from ._output import human_bytes, kv_lines, out, print_json
+from ._output import ProgressBar, human_bytes, kv_lines, out, print_json, stderr_is_tty
 
 SafetensorsOpt = Annotated[
     Path | None,
@@ -59,46 +57,12 @@ ONNX_ONLY = ("--arch", "--num-classes", "--arch-arg", "--input-shape", "--opset"
              "--atol", "--rtol")  # fmt: skip
 
 
-class _Bar:
-    """A rich progress bar on stderr, shown only on a terminal and only once the work has taken a second."""
-
-    def __init__(self, label: str, delay: float = 1.0):
-        self.label = label
-        self.delay = delay
-        self.t0 = time.monotonic()
-        self.tty = _stderr_tty()
-        self.progress: Any = None
-        self.task: Any = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.tty:
-            return
-        if self.progress is None:
-            if time.monotonic() - self.t0 < self.delay or done >= total:
-                return
-            from rich.console import Console
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                console=Console(stderr=True), transient=True,
-            )  # fmt: skip
-            self.progress.start()
-            self.task = self.progress.add_task(self.label, total=total)
-        self.progress.update(self.task, completed=done, total=total)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-
-
 class _Status:
     """The current ONNX export step as a spinner on stderr (terminal only)."""
 
     def __init__(self) -> None:
         self.status: Any = None
-        if _stderr_tty():
+        if stderr_is_tty():
             from rich.console import Console
 
             self.status = Console(stderr=True).status("")
@@ -112,13 +76,6 @@ class _Status:
         if self.status is not None:
             self.status.stop()
             self.status = None
-
-
-def _stderr_tty() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def export(
@@ -175,7 +132,7 @@ def _export_tensors(
     from ..formats import open_checkpoint
 
     ck = open_checkpoint(path, key=key)
-    bar = _Bar(f"{kind} {target.name}")
+    bar = ProgressBar(f"{kind} {target.name}")
     try:
         if kind == "safetensors":
             from ..convert.safetensors_writer import export_safetensors
