@@ -216,15 +216,10 @@ def onnx_input_size(model: str | os.PathLike[str]) -> tuple[tuple[int, int] | No
 
 def run_onnx(model: str | os.PathLike[str], batch: np.ndarray, *, fixed_batch: int | None = None) -> np.ndarray:
     """Logits [N, classes] from onnxruntime (CPU provider). A graph with a fixed batch of 1 runs image by image."""
-    import onnxruntime as ort
+    from .parity import open_session  # numpy + onnxruntime only: predict on ONNX stays torch-free
 
     p = os.fspath(model)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # errors only; no warnings on a user's terminal
-    try:
-        sess = ort.InferenceSession(p, sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types
-        raise CorruptFileError(f"onnxruntime cannot load the model ({str(e).strip()[:300]})", path=p) from None
+    sess = open_session(p)
     inp = sess.get_inputs()[0]
     dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
     x = batch.astype(dtype, copy=False)
