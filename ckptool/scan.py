@@ -1113,12 +1113,6 @@ def tensor_stats(ck: Checkpoint, t: TensorInfo) -> tuple[int, int, int, int | No
 # --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
-def _open(path: str) -> mmap.mmap:
-    from .formats.sniff import open_map
-
-    return open_map(path)[0]
-
-
 def scan(path: str | os.PathLike[str], *, values: bool = True) -> ScanReport:
     """Scan one file statically. Raises a :class:`~ckptool.errors.CkptError` when it cannot be scanned at all
     (missing, unreadable, not a known format, a zip without a readable directory).
@@ -1127,7 +1121,9 @@ def scan(path: str | os.PathLike[str], *, values: bool = True) -> ScanReport:
     the filename hash) for a header-only pass.
     """
     path = os.fspath(path)
-    mm = _open(path)
+    from .formats.sniff import open_map
+
+    mm = open_map(path)[0]
     try:
         return _Scanner(path, mm, values).scan()
     except RecursionError:
