@@ -28,11 +28,6 @@ TARGET_RE = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Z
 TORCHVISION = "torchvision:"
 
 
-def is_target(name: str) -> bool:
-    """Whether ``name`` looks like ``module.path:callable`` (or ``torchvision:<builder>``)."""
-    return ":" in name
-
-
 def parse_value(text: str) -> Any:
     """An ``--arch-arg`` value: a Python literal when it is one (10, 0.5, True, None, (1, 2)), else the string."""
     try:
