@@ -17,14 +17,14 @@ from onnx_fixtures import TINY, TinyVGG, calibrated, perturb_file, save, state_d
 
 from ckptool.errors import CkptError, KeyNotFoundError
 from ckptool.formats import open_checkpoint
-from ckptool.parity import DEFAULT_ATOL, DEFAULT_RTOL, compare, parse_shape
+from ckptool.parity import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_STOL, RULE, compare, parse_shape
 from ckptool.runtime import WeightsMismatchError, load_model, tensors_from_checkpoint
 
 
 # ---------------------------------------------------------------------------------------------------
 # the rule
 # ---------------------------------------------------------------------------------------------------
-def test_element_fails_only_when_beyond_both_tolerances() -> None:
+def test_element_fails_only_when_beyond_all_tolerances() -> None:
     ref = np.array([[10.0, 0.001, 1.0]], dtype=np.float32)
     # 10.0 -> off by 0.005: beyond atol 1e-4, within rtol 1e-3 * 10 = 0.01: passes
     # 0.001 -> off by 5e-5: beyond rtol (5%), within atol: passes
@@ -42,19 +42,53 @@ def test_element_fails_only_when_beyond_both_tolerances() -> None:
 def test_minimum_tolerances_are_exact() -> None:
     ref = np.array([1.0, -2.0, 4.0, 0.5], dtype=np.float32)
     got = np.array([1.01, -2.0, 4.1, 0.5], dtype=np.float32)
-    r = compare("y", ref, got, atol=0.0, rtol=0.0)
+    r = compare("y", ref, got, atol=0.0, rtol=0.0, stol=0.0)
     assert r.min_atol == pytest.approx(0.1, rel=1e-5)  # max abs diff
     assert r.min_rtol == pytest.approx(0.025, rel=1e-4)  # 0.1 / 4 = 0.025 > 0.01 / 1
-    assert compare("y", ref, got, atol=r.min_atol, rtol=0).passed
-    assert not compare("y", ref, got, atol=r.min_atol * 0.99, rtol=0).passed
-    assert compare("y", ref, got, atol=0, rtol=r.min_rtol).passed
-    assert not compare("y", ref, got, atol=0, rtol=r.min_rtol * 0.99).passed
+    assert r.stol_needed == pytest.approx(0.1 / 4, rel=1e-4)  # the largest diff over the scale, max |ref| = 4
+    assert compare("y", ref, got, atol=r.min_atol, rtol=0, stol=0).passed
+    assert not compare("y", ref, got, atol=r.min_atol * 0.99, rtol=0, stol=0).passed
+    assert compare("y", ref, got, atol=0, rtol=r.min_rtol, stol=0).passed
+    assert not compare("y", ref, got, atol=0, rtol=r.min_rtol * 0.99, stol=0).passed
+    assert compare("y", ref, got, atol=0, rtol=0, stol=r.stol_needed).passed
+    assert not compare("y", ref, got, atol=0, rtol=0, stol=r.stol_needed * 0.99).passed
     # at rtol 0.02, 4.0's diff (0.1 > 0.08) still needs an atol of 0.1; 1.0's (0.01 < 0.02) does not
-    r2 = compare("y", ref, got, atol=0.0, rtol=0.02)
+    r2 = compare("y", ref, got, atol=0.0, rtol=0.02, stol=0.0)
     assert r2.atol_at_rtol == pytest.approx(0.1, rel=1e-5)
-    assert compare("y", ref, got, atol=r2.atol_at_rtol, rtol=0.02).passed
-    r3 = compare("y", ref, got, atol=0.05, rtol=0.0)
+    assert compare("y", ref, got, atol=r2.atol_at_rtol, rtol=0.02, stol=0.0).passed
+    r3 = compare("y", ref, got, atol=0.05, rtol=0.0, stol=0.0)
     assert r3.rtol_at_atol == pytest.approx(0.025, rel=1e-4)  # only 4.0's diff exceeds atol 0.05
+    # at stol 0.005 (0.02 of scale 4), 1.0's diff 0.01 is within it: only 4.0's needs atol 0.1
+    r4 = compare("y", ref, got, atol=0.0, rtol=0.0, stol=0.005)
+    assert r4.failed_elements == 1 and r4.atol_at_rtol == pytest.approx(0.1, rel=1e-5)
+
+
+def test_scale_tolerance_passes_noise_on_near_zero_elements_of_a_large_output() -> None:
+    """Issue 9's honest VGG16-BN features export: scale ~47.6, float32 noise of ~2.75e-4 on elements near 0."""
+    rng = np.random.default_rng(0)
+    ref = np.maximum(rng.standard_normal((1, 512, 7, 7)) * 8, 0).astype(np.float32)
+    ref[0, 0, 0, 0] = 47.6
+    ref.reshape(-1)[1:13] = np.float32(1e-3)  # 12 elements near zero in the reference...
+    got = ref.copy()
+    got.reshape(-1)[1:13] = np.float32(1e-3 + 2.75e-4)  # ...off by float32 noise: beyond atol and rtol * |ref|
+    two_way = compare("features", ref, got, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL, stol=0.0)
+    assert not two_way.passed and two_way.failed_elements == 12  # what failed on some CPUs
+    r = compare("features", ref, got, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL)
+    assert r.passed and r.torch_max_abs == pytest.approx(47.6)
+    assert r.stol_needed == pytest.approx(2.75e-4 / 47.6, rel=1e-2) and r.stol_needed < DEFAULT_STOL / 10
+    # a real change of one element (1e-3 of the scale) still fails under the default rule
+    got.reshape(-1)[100] += np.float32(47.6e-3)
+    bad = compare("features", ref, got, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL)
+    assert not bad.passed and bad.failed_elements == 1
+
+
+def test_scale_of_an_all_zero_output() -> None:
+    ref = np.zeros((2, 3), np.float32)
+    assert compare("y", ref, ref.copy(), atol=0, rtol=0).passed
+    got = ref.copy()
+    got[0, 0] = 1e-3  # no scale to hide behind: atol alone decides
+    assert not compare("y", ref, got, atol=1e-4, rtol=1e-3).passed
+    assert compare("y", ref, got, atol=2e-3, rtol=0).passed
 
 
 @settings(max_examples=60, deadline=None)
@@ -63,20 +97,32 @@ def test_minimum_tolerances_are_exact() -> None:
     st.lists(st.floats(-1, 1, width=32), min_size=20, max_size=20),
     st.floats(0, 0.5),
     st.floats(0, 0.5),
+    st.sampled_from([0.0, 1e-4, 1e-3, 0.01]),
 )
-def test_rule_matches_its_definition(ref: list[float], noise: list[float], atol: float, rtol: float) -> None:
+def test_rule_matches_its_definition(
+    ref: list[float], noise: list[float], atol: float, rtol: float, stol: float
+) -> None:
     b = np.array(ref, dtype=np.float32)
     a = (b + np.array(noise[: len(ref)], dtype=np.float32) * np.float32(0.3)).astype(np.float32)
-    r = compare("y", b, a, atol=atol, rtol=rtol)
-    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
-    expect_fail = int(np.sum((d > atol) & (d > rtol * np.abs(b.astype(np.float64)))))
+    r = compare("y", b, a, atol=atol, rtol=rtol, stol=stol)
+    b64 = b.astype(np.float64)
+    d = np.abs(a.astype(np.float64) - b64)
+    scale = np.abs(b64).max()
+    expect_fail = int(np.sum((d > atol) & (d > rtol * np.abs(b64)) & (d > stol * scale)))
     assert r.failed_elements == expect_fail
     assert r.passed == (expect_fail == 0)
     # the reported minimum tolerances always pass on their own
-    assert compare("y", b, a, atol=r.min_atol, rtol=0).passed
-    assert compare("y", b, a, atol=r.atol_at_rtol, rtol=rtol).passed
+    assert compare("y", b, a, atol=r.min_atol, rtol=0, stol=0).passed
+    assert compare("y", b, a, atol=r.atol_at_rtol, rtol=rtol, stol=stol).passed
     if math.isfinite(r.rtol_at_atol):
-        assert compare("y", b, a, atol=atol, rtol=r.rtol_at_atol).passed
+        assert compare("y", b, a, atol=atol, rtol=r.rtol_at_atol, stol=stol).passed
+    if math.isfinite(r.stol_needed):
+        assert compare("y", b, a, atol=atol, rtol=rtol, stol=r.stol_needed).passed
+
+
+def test_rule_text_names_all_three_tolerances() -> None:
+    assert "atol" in RULE and "rtol * |torch|" in RULE and "stol * max|torch|" in RULE
+    assert DEFAULT_STOL == 1e-4
 
 
 def test_nan_and_inf() -> None:
@@ -291,6 +337,24 @@ def test_parity_fails_on_a_tampered_checkpoint(cli, tiny_pair: tuple[Path, Path]
     o = json.loads(r.stdout)["outputs"][0]
     assert o["max_abs_diff"] == pytest.approx(0.01, rel=1e-3)
     assert o["failed_elements"] == 4  # that logit, in each of the 4 samples
+
+
+def test_parity_fails_on_a_small_but_real_tampering(cli, tiny_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """One first-layer weight moved by 0.002 (~1% of its layer's range) moves the logits by ~1e-3 of their scale:
+    10x the scale tolerance, so the scale-aware rule still catches it."""
+    ckp, om = tiny_pair
+    bad = tmp_path / "tampered_small.pth"
+    shutil.copy(ckp, bad)
+    t = open_checkpoint(bad)["features.0.weight"]
+    assert t.storage is not None and t.storage.source is not None
+    perturb_file(bad, t.storage.source.offset, 0.002)
+    r = cli("parity", bad, om, "--arch", TINY, "--json")
+    assert r.exit_code == 1, r.stdout
+    d = json.loads(r.stdout)
+    o = d["outputs"][0]
+    assert d["stol"] == DEFAULT_STOL and d["rule"] == RULE and o["failed_elements"] > 0
+    assert o["stol_needed"] > 2 * DEFAULT_STOL  # beyond the scale tolerance with margin, not by a hair
+    assert cli("parity", bad, om, "--arch", TINY, "--stol", str(o["stol_needed"] * 1.01)).exit_code == 0
 
 
 def test_parity_errors(cli, tiny_pair: tuple[Path, Path], tmp_path: Path) -> None:

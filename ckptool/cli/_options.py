@@ -65,11 +65,27 @@ InputShapeOpt = Annotated[
     ),
 ]
 AtolOpt = Annotated[
-    float | None, typer.Option("--atol", min=0.0, help="Parity: absolute tolerance (default 1e-4).", show_default=False)
+    float | None,
+    typer.Option(
+        "--atol",
+        min=0.0,
+        help="Parity: absolute tolerance (default 1e-4). An element fails only when |onnx - torch| exceeds atol, "
+        "rtol x |torch| and stol x max|torch| of that output.",
+        show_default=False,
+    ),
 ]
 RtolOpt = Annotated[
     float | None,
     typer.Option(
         "--rtol", min=0.0, help="Parity: relative tolerance, of |torch output| (default 1e-3).", show_default=False
+    ),
+]
+StolOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--stol",
+        min=0.0,
+        help="Parity: scale tolerance, of the output's largest |torch| value (default 1e-4; 0 turns it off).",
+        show_default=False,
     ),
 ]

@@ -19,6 +19,7 @@ from ._options import (
     NumClassesOpt,
     PathArg,
     RtolOpt,
+    StolOpt,
 )
 from ._output import ProgressBar, human_bytes, kv_lines, out, print_json, stderr_is_tty
 
@@ -54,7 +55,7 @@ NoVerifyOpt = Annotated[
 ]
 
 ONNX_ONLY = ("--arch", "--num-classes", "--arch-arg", "--input-shape", "--opset", "--features-only", "--external-data",
-             "--atol", "--rtol")  # fmt: skip
+             "--atol", "--rtol", "--stol")  # fmt: skip
 
 
 class _Status:
@@ -94,6 +95,7 @@ def export(
     no_verify: NoVerifyOpt = False,
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
+    stol: StolOpt = None,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -109,7 +111,7 @@ def export(
     kind, target = targets[0]
     if kind != "onnx":
         given = [name for name, v in zip(ONNX_ONLY, (arch, num_classes, arch_arg, input_shape, opset,
-                 features_only or None, external_data or None, atol, rtol), strict=True) if v]  # fmt: skip
+                 features_only or None, external_data or None, atol, rtol, stol), strict=True) if v]  # fmt: skip
         if given:
             raise UsageError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to --onnx")
         _export_tensors(path, kind, target, key=key, force=force, verify=not no_verify, json_=json_)
@@ -119,7 +121,7 @@ def export(
     _export_onnx(
         path, target, key=key, arch=arch, num_classes=num_classes, arch_arg=arch_arg, input_shape=input_shape,
         opset=opset, features_only=features_only, external_data=external_data, verify=not no_verify, atol=atol,
-        rtol=rtol, force=force, json_=json_,
+        rtol=rtol, stol=stol, force=force, json_=json_,
     )  # fmt: skip
 
 
@@ -185,13 +187,14 @@ def _export_onnx(
     verify: bool,
     atol: float | None,
     rtol: float | None,
+    stol: float | None,
     force: bool,
     json_: bool,
 ) -> None:
     from ..arch.registry import parse_arch_args
     from ..convert.onnx_export import DEFAULT_OPSET, export_onnx
     from ..formats import open_checkpoint
-    from ..parity import DEFAULT_ATOL, DEFAULT_RTOL, parse_shape
+    from ..parity import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_STOL, parse_shape
 
     shape = parse_shape(input_shape)
     args = parse_arch_args(arch_arg)
@@ -202,7 +205,8 @@ def _export_onnx(
             ck, target, arch=arch, num_classes=num_classes, arch_args=args or None, input_shape=shape,
             opset=DEFAULT_OPSET if opset is None else opset, features_only=features_only,
             external_data=external_data, verify=verify, atol=DEFAULT_ATOL if atol is None else atol,
-            rtol=DEFAULT_RTOL if rtol is None else rtol, force=force, status=status,
+            rtol=DEFAULT_RTOL if rtol is None else rtol, stol=DEFAULT_STOL if stol is None else stol,
+            force=force, status=status,
         )  # fmt: skip
     finally:
         status.close()

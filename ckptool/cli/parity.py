@@ -7,7 +7,18 @@ from typing import Annotated, Any
 
 import typer
 
-from ._options import ArchArgOpt, ArchOpt, AtolOpt, InputShapeOpt, JsonOpt, KeyOpt, NumClassesOpt, PathArg, RtolOpt
+from ._options import (
+    ArchArgOpt,
+    ArchOpt,
+    AtolOpt,
+    InputShapeOpt,
+    JsonOpt,
+    KeyOpt,
+    NumClassesOpt,
+    PathArg,
+    RtolOpt,
+    StolOpt,
+)
 from ._output import kv_lines, out, print_json, table
 
 OnnxArg = Annotated[Path, typer.Argument(help="The ONNX model to verify.", show_default=False)]
@@ -62,21 +73,22 @@ def parity(
     seed: SeedOpt = 0,
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
+    stol: StolOpt = None,
     input_shape: InputShapeOpt = None,
     features_only: FeaturesOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Run seeded inputs through the checkpoint (torch) and the ONNX model (onnxruntime, CPU) and compare every
-    output. An element fails only when it is off by more than --atol AND by more than --rtol x |torch|.
-    Exit 0 pass, 1 fail, 2 error."""
+    output. An element fails only when it is off by more than --atol AND by more than --rtol x |torch| AND by
+    more than --stol x max|torch| of that output. Exit 0 pass, 1 fail, 2 error."""
     from ..arch.registry import parse_arch_args
-    from ..parity import DEFAULT_ATOL, DEFAULT_RTOL, check_parity, parse_shape
+    from ..parity import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_STOL, check_parity, parse_shape
 
     r = check_parity(
         path, model, arch or "auto", key=key, num_classes=num_classes, arch_args=parse_arch_args(arch_arg) or None,
         features_only=features_only, samples=samples, batch=batch, seed=seed,
         atol=DEFAULT_ATOL if atol is None else atol, rtol=DEFAULT_RTOL if rtol is None else rtol,
-        input_shape=parse_shape(input_shape),
+        stol=DEFAULT_STOL if stol is None else stol, input_shape=parse_shape(input_shape),
     )  # fmt: skip
     if json_:
         print_json(r.to_dict())
@@ -87,7 +99,10 @@ def parity(
                 ("checkpoint", f"{r.checkpoint} as {r.arch}{' (features only)' if r.features_only else ''}"),
                 ("onnx", r.onnx),
                 ("inputs", f"{r.samples} samples, seed {r.seed}, batches of {ins}"),
-                ("rule", f"fail when |onnx - torch| > {r.atol:g} and > {r.rtol:g} x |torch|"),
+                (
+                    "rule",
+                    f"fail when |onnx - torch| > {r.atol:g} and > {r.rtol:g} x |torch| and > {r.stol:g} x max|torch|",
+                ),
                 ("time", f"torch {r.torch_seconds:.2f} s, onnxruntime {r.onnx_seconds:.2f} s"),
             ]
         )

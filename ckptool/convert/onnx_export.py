@@ -42,6 +42,7 @@ from ..parity import (
     DEFAULT_BATCH,
     DEFAULT_RTOL,
     DEFAULT_SEED,
+    DEFAULT_STOL,
     InputShapeError,
     ParityReport,
     load_reference,
@@ -424,6 +425,7 @@ def export_onnx(
     verify: bool = True,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
+    stol: float = DEFAULT_STOL,
     samples: int = EXPORT_SAMPLES,
     batch: int = DEFAULT_BATCH,
     seed: int = DEFAULT_SEED,
@@ -512,6 +514,7 @@ def export_onnx(
                     seed=seed,
                     atol=atol,
                     rtol=rtol,
+                    stol=stol,
                     input_shape=tuple(shape),
                     default_shape=tuple(shape),
                 )
