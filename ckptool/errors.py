@@ -72,3 +72,12 @@ class FindingsError(CkptError):
     """The command ran, and what it found is a failure (exit 1): incompatible, parity failed, unsafe."""
 
     exit_code = 1
+
+
+class MissingExtraError(CkptError):
+    """The command needs an optional dependency that is not installed (``pip install 'ckptool[EXTRA]'``)."""
+
+    def __init__(self, message: str, *, extra: str, module: str, **kw: object):
+        self.extra = extra
+        self.module = module
+        super().__init__(message, **kw)  # type: ignore[arg-type]

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from ._extras import require
 from .errors import CkptError, CorruptFileError, UsageError
 
 DEFAULT_ATOL = 1e-4
@@ -363,6 +364,7 @@ def make_batch(
 
 def open_session(onnx_path: str | os.PathLike[str]) -> Any:
     """An onnxruntime session on the CPU provider (default graph optimizations: what users run)."""
+    require("onnxruntime", extra="onnx", what="running an ONNX model")
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -562,6 +564,7 @@ def check_parity(
     """
     from .formats import open_checkpoint
 
+    require("torch", "onnxruntime", extra="torch", what="parity")
     onnx_path = os.fspath(onnx_path)
     out_names = onnx_output_names(onnx_path)
     notes = []

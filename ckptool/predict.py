@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ._extras import require
 from .errors import CorruptFileError, UnreadableError, UnsupportedFormatError, UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -94,6 +95,7 @@ def open_image(path: str | os.PathLike[str]) -> Any:
     Grayscale, palette (with or without transparency), RGBA, CMYK, 16-bit and other modes all end as RGB,
     exactly as ``.convert("RGB")`` makes them for the article's code.
     """
+    require("PIL", extra="onnx", what="reading images")
     from PIL import Image, UnidentifiedImageError
 
     p = os.fspath(path)
@@ -318,6 +320,7 @@ def predict(
             raise UsageError("--arch applies to checkpoints; an ONNX model carries its own graph", path=mpath)
         if key is not None:
             raise UsageError("--key applies to torch checkpoints, not ONNX models", path=mpath)
+        require("onnxruntime", "PIL", extra="onnx", what="predict on an ONNX model")
         graph_hw, fixed_batch = onnx_input_size(mpath)
         if size is not None and graph_hw is not None and _size_hw(size) != graph_hw:
             h, w = _size_hw(size)
@@ -332,6 +335,7 @@ def predict(
             notes.append("the graph has a fixed batch of 1: images ran one at a time")
         backend = "onnxruntime"
     else:
+        require("torch", "PIL", extra="torch", what="predict on a checkpoint")
         hw = _size_hw(size if size is not None else DEFAULT_SIZE)
         batch = load_batch(images, hw)  # before torch: a bad image fails fast
         net, arch = load_torch_model(mpath, arch or "auto", key=key, num_classes=num_classes, arch_args=arch_args)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import nn
+from ._extras import require
 
-from .arch.spec import ArchSpec, ModuleSpec
+require("torch", extra="torch", what="running a model")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from .arch.spec import ArchSpec, ModuleSpec  # noqa: E402
 
 _TYPES: dict[str, Any] = {
     "Conv2d": nn.Conv2d,

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .._extras import require
 from ..errors import UnknownArchError, UsageError
 from .spec import WEIGHT_LAYER_TYPES, ArchSpec, ModuleSpec
 
@@ -148,6 +149,7 @@ def custom_spec(target: str, *, num_classes: int | None = None, arch_args: dict[
         if not _accepts(fn, k):
             raise UsageError(f"--arch-arg {k}: {target} takes no argument {k!r}")
 
+    require("torch", extra="torch", what=f"--arch {target}")
     import torch
     from torch import nn
 

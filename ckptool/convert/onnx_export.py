@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from .._extras import require
 from ..checkpoint import Checkpoint
 from ..errors import CkptError, UsageError
 from ..io import atomic_outputs, check_output
@@ -439,6 +440,7 @@ def export_onnx(
     checker; in each case nothing is written. A failed parity check is *not* an exception: the result has
     ``passed`` False and ``written`` False. ``status(phase)`` is called as each step starts.
     """
+    require("torch", "onnx", "onnxscript", extra="torch", what="export --onnx")
     say = status or (lambda _phase: None)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UsageError(
