@@ -55,6 +55,7 @@ class TensorInfo:
     stride: tuple[int, ...] | None = None  # None: C-contiguous
     is_parameter: bool = False
     requires_grad: bool = False
+    constant: bool = False  # ONNX: the value of a Constant node (named after its output), not an initializer
 
     @property
     def itemsize(self) -> int:
@@ -104,6 +105,7 @@ class TensorInfo:
             "dtype": self.dtype,
             "numel": self.numel,
             "nbytes": self.nbytes,
+            **({"constant": True} if self.constant else {}),
         }
 
 
@@ -120,6 +122,7 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
     byteorder: str = "little"
     root: Any = None  # the recorded object tree (torch formats): for --key and other lookups
+    storages: dict[str, StorageInfo] = field(default_factory=dict, repr=False)  # every storage in the file
     _maps: dict[str, mmap.mmap] = field(default_factory=dict, repr=False)
     _cache: tuple[tuple[str, str | None, int], bytes] | None = field(default=None, repr=False)
 

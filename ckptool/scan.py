@@ -643,9 +643,8 @@ class _Scanner:
         if ck is None:
             return
         with ck:
-            ends = [
-                t.storage.source.offset + t.storage.source.nbytes for t in ck.tensors if t.storage and t.storage.source
-            ]
+            # every storage of the file (an optimizer's too), not only the located state_dict's
+            ends = [st.source.offset + st.source.nbytes for st in ck.storages.values() if st.source is not None]
             last = max(ends, default=pos)
             if last < self.size:
                 self.walk_stream(self.mm, last, self.size, f"{self.size - last} bytes after the last storage", 0,
@@ -885,81 +884,12 @@ class _Scanner:
 
     def scan_onnx(self) -> None:
         self.report.format = "onnx"
-        mm = self.mm
-        try:
-            for num, wt, v in onnx_format.fields(mm, 0, self.size):
-                if num == 7 and wt == 2:
-                    self.onnx_graph(v, "graph", 0)
-                elif num == 25 and wt == 2:  # FunctionProto: node = 7
-                    for n2, w2, v2 in onnx_format.fields(mm, *v):
-                        if n2 == 7 and w2 == 2:
-                            self.onnx_node(v2, "function", 0)
-                elif num == 20 and wt == 2:  # TrainingInfoProto: initialization = 1, algorithm = 2
-                    for n2, w2, v2 in onnx_format.fields(mm, *v):
-                        if n2 in (1, 2) and w2 == 2:
-                            self.onnx_graph(v2, "training_info", 0)
-        except onnx_format._Wire as e:
-            raise CorruptFileError(
-                f"not a valid ONNX protobuf ({e}); the file may be truncated", path=self.path
-            ) from None
+        for kind, message, where in onnx_format.findings(self.mm, self.size, self.path):
+            self.find(kind, message, where)
         ck = self.open_reader()
         if ck is not None:
             with ck:
                 self.check_values(ck)
-
-    def onnx_graph(self, span: tuple[int, int], where: str, depth: int) -> None:
-        if depth > 32:
-            raise CorruptFileError("ONNX subgraphs nest deeper than 32 levels", path=self.path)
-        for num, wt, v in onnx_format.fields(self.mm, *span):
-            if wt != 2:
-                continue
-            if num == 5:  # initializer
-                self.onnx_tensor(v, where)
-            elif num == 15:  # sparse_initializer: values = 1, indices = 2
-                for n2, w2, v2 in onnx_format.fields(self.mm, *v):
-                    if n2 in (1, 2) and w2 == 2:
-                        self.onnx_tensor(v2, where)
-            elif num == 1:
-                self.onnx_node(v, where, depth)
-
-    def onnx_node(self, span: tuple[int, int], where: str, depth: int) -> None:
-        for num, wt, v in onnx_format.fields(self.mm, *span):
-            if num != 5 or wt != 2:  # attribute
-                continue
-            for n2, w2, v2 in onnx_format.fields(self.mm, *v):
-                if w2 != 2:
-                    continue
-                if n2 in (5, 10):  # t, tensors
-                    self.onnx_tensor(v2, f"{where} attribute")
-                elif n2 in (6, 11):  # g, graphs
-                    self.onnx_graph(v2, f"{where} subgraph", depth + 1)
-                elif n2 in (22, 23):  # sparse_tensor(s)
-                    for n3, w3, v3 in onnx_format.fields(self.mm, *v2):
-                        if n3 in (1, 2) and w3 == 2:
-                            self.onnx_tensor(v3, f"{where} attribute")
-
-    def onnx_tensor(self, span: tuple[int, int], where: str) -> None:
-        name, external, location = "", {}, 0
-        for num, wt, v in onnx_format.fields(self.mm, *span):
-            if num == 8 and wt == 2:
-                name = onnx_format._str(self.mm, v)
-            elif num == 13 and wt == 2:
-                k = val = ""
-                for n2, w2, v2 in onnx_format.fields(self.mm, *v):
-                    if n2 == 1 and w2 == 2:
-                        k = onnx_format._str(self.mm, v2)
-                    elif n2 == 2 and w2 == 2:
-                        val = onnx_format._str(self.mm, v2)
-                external[k] = val
-            elif num == 14 and wt == 0:
-                location = v
-        if location != 1 and not external:
-            return
-        loc = external.get("location", "")
-        try:
-            onnx_format.safe_external_path(self.path, loc)
-        except UnsafeFileError as e:
-            self.find("onnx-external-data", f"initializer {name!r}: {e.message}", where)
 
     # -- the reader, values, hashes ---------------------------------------------------------------
     def open_reader(self) -> Checkpoint | None:

@@ -215,7 +215,7 @@ def build_checkpoint(
     sd_key = ".".join(segs) if segs else None
     ck = Checkpoint(
         path=path, format=fmt, tensors=tensors, state_dict_key=sd_key, extras=extras,
-        metadata=metadata or {}, notes=notes, root=root,
+        metadata=metadata or {}, notes=notes, root=root, storages=storages,
     )  # fmt: skip
     if isinstance(sd, PickledDict) and isinstance(sd.state, dict) and "_metadata" in sd.state:
         ck.metadata["has_module_metadata"] = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from .. import dtypes
@@ -115,22 +116,37 @@ def looks_like_onnx(head: bytes) -> bool:
     return 1 in seen and (len(seen) > 1 or len(head) < 16)
 
 
+class TypeF:  # TypeProto.tensor_type -> TypeProto.Tensor{elem_type, shape} -> TensorShapeProto.dim -> Dimension
+    TENSOR_TYPE = 1
+    ELEM_TYPE, SHAPE = 1, 2
+    DIM = 1
+    DIM_VALUE, DIM_PARAM = 1, 2
+
+
+class ValueInfoF:
+    NAME, TYPE = 1, 2
+
+
+class EntryF:  # StringStringEntryProto
+    KEY, VALUE = 1, 2
+
+
 def _shape(buf: Any, span: tuple[int, int]) -> tuple[int | None, list[int | str]]:
     elem: int | None = None
     dims: list[int | str] = []
-    for num, wt, v in fields(buf, *span):  # TypeProto
-        if num == 1 and wt == 2:  # tensor_type
+    for num, wt, v in fields(buf, *span):
+        if num == TypeF.TENSOR_TYPE and wt == 2:
             for n2, w2, v2 in fields(buf, *v):
-                if n2 == 1 and w2 == 0:
+                if n2 == TypeF.ELEM_TYPE and w2 == 0:
                     elem = v2
-                elif n2 == 2 and w2 == 2:  # shape
+                elif n2 == TypeF.SHAPE and w2 == 2:
                     for n3, w3, v3 in fields(buf, *v2):
-                        if n3 == 1 and w3 == 2:
+                        if n3 == TypeF.DIM and w3 == 2:
                             dim: int | str = "?"
                             for n4, w4, v4 in fields(buf, *v3):
-                                if n4 == 1 and w4 == 0:
+                                if n4 == TypeF.DIM_VALUE and w4 == 0:
                                     dim = v4
-                                elif n4 == 2 and w4 == 2:
+                                elif n4 == TypeF.DIM_PARAM and w4 == 2:
                                     dim = _str(buf, v4)
                             dims.append(dim)
     return elem, dims
@@ -140,12 +156,22 @@ def _value_info(buf: Any, span: tuple[int, int]) -> dict[str, Any]:
     name, elem = "", None
     dims: list[int | str] = []
     for num, wt, v in fields(buf, *span):
-        if num == 1 and wt == 2:
+        if num == ValueInfoF.NAME and wt == 2:
             name = _str(buf, v)
-        elif num == 2 and wt == 2:
+        elif num == ValueInfoF.TYPE and wt == 2:
             elem, dims = _shape(buf, v)
     dt = dtypes.BY_ONNX.get(elem) if elem is not None else None
     return {"name": name, "shape": dims, "dtype": dt.name if dt else None}
+
+
+def _entry(buf: Any, span: tuple[int, int]) -> tuple[str, str]:
+    k = val = ""
+    for num, wt, v in fields(buf, *span):
+        if num == EntryF.KEY and wt == 2:
+            k = _str(buf, v)
+        elif num == EntryF.VALUE and wt == 2:
+            val = _str(buf, v)
+    return k, val
 
 
 def safe_external_path(model_path: str, location: str) -> str:
@@ -169,38 +195,60 @@ def safe_external_path(model_path: str, location: str) -> str:
     return full
 
 
-def _initializer(buf: Any, span: tuple[int, int], path: str) -> TensorInfo:
+class TensorF:
+    DIMS, DATA_TYPE, FLOAT_DATA, INT32_DATA, INT64_DATA, NAME, RAW_DATA, DOUBLE_DATA, UINT64_DATA = (
+        1,
+        2,
+        4,
+        5,
+        7,
+        8,
+        9,
+        10,
+        11,
+    )
+    EXTERNAL_DATA, DATA_LOCATION = 13, 14
+
+
+# typed repeated fields -> how their values are encoded
+_TYPED = {
+    TensorF.FLOAT_DATA: "fixed32",
+    TensorF.INT32_DATA: "varint32",
+    TensorF.INT64_DATA: "varint64",
+    TensorF.DOUBLE_DATA: "fixed64",
+    TensorF.UINT64_DATA: "varint64",
+}
+
+
+def _initializer(
+    buf: Any, span: tuple[int, int], path: str, *, name: str | None = None, constant: bool = False
+) -> TensorInfo:
     dims: list[int] = []
     elem = 0
-    name = ""
+    own_name = ""
     raw: tuple[int, int] | None = None
     typed: tuple[str, tuple[int, int]] | None = None
     external: dict[str, str] = {}
     location = 0
     for num, wt, v in fields(buf, *span):
-        if num == 1:
+        if num == TensorF.DIMS:
             dims.extend(_packed_varints(buf, v, MAX_DIMS) if wt == 2 else [v])
             if len(dims) > MAX_DIMS:
                 raise CorruptFileError(f"initializer has more than {MAX_DIMS} dimensions", path=path)
-        elif num == 2 and wt == 0:
+        elif num == TensorF.DATA_TYPE and wt == 0:
             elem = v
-        elif num == 8 and wt == 2:
-            name = _str(buf, v)
-        elif num == 9 and wt == 2:
+        elif num == TensorF.NAME and wt == 2:
+            own_name = _str(buf, v)
+        elif num == TensorF.RAW_DATA and wt == 2:
             raw = v
-        elif num == 13 and wt == 2:
-            k = val = ""
-            for n2, w2, v2 in fields(buf, *v):
-                if n2 == 1 and w2 == 2:
-                    k = _str(buf, v2)
-                elif n2 == 2 and w2 == 2:
-                    val = _str(buf, v2)
+        elif num == TensorF.EXTERNAL_DATA and wt == 2:
+            k, val = _entry(buf, v)
             external[k] = val
-        elif num == 14 and wt == 0:
+        elif num == TensorF.DATA_LOCATION and wt == 0:
             location = v
-        elif wt == 2 and num in (4, 5, 7, 10, 11):
-            enc = {4: "fixed32", 5: "varint32", 7: "varint64", 10: "fixed64", 11: "varint64"}[num]
-            typed = (enc, v)
+        elif wt == 2 and num in _TYPED:
+            typed = (_TYPED[num], v)
+    name = name or own_name
     dt = dtypes.BY_ONNX.get(elem)
     if dt is None:
         raise CorruptFileError(f"initializer {name!r} has unsupported data type {elem}", path=path)
@@ -259,51 +307,215 @@ def _initializer(buf: Any, span: tuple[int, int], path: str) -> TensorInfo:
     else:
         raise CorruptFileError(f"initializer {name!r} has no data", path=path)
     st = StorageInfo(name, dt.name, numel, "cpu", src)
-    return TensorInfo(name=name, dtype=dt.name, shape=shape, storage=st)
+    return TensorInfo(name=name, dtype=dt.name, shape=shape, storage=st, constant=constant)
+
+
+# Field numbers of onnx.proto3, named once (ckptool walks the protobuf wire format without the onnx package).
+class ModelF:
+    IR_VERSION, PRODUCER_NAME, PRODUCER_VERSION, GRAPH, OPSET_IMPORT, TRAINING_INFO, FUNCTIONS = 1, 2, 3, 7, 8, 20, 25
+
+
+class OpsetF:
+    DOMAIN, VERSION = 1, 2
+
+
+class GraphF:
+    NODE, NAME, INITIALIZER, INPUT, OUTPUT, SPARSE_INITIALIZER = 1, 2, 5, 11, 12, 15
+
+
+class NodeF:
+    INPUT, OUTPUT, NAME, OP_TYPE, ATTRIBUTE, DOMAIN = 1, 2, 3, 4, 5, 7
+
+
+class AttrF:
+    NAME, T, G, TENSORS, GRAPHS, SPARSE_TENSOR, SPARSE_TENSORS = 1, 5, 6, 10, 11, 22, 23
+
+
+class SparseF:
+    VALUES, INDICES = 1, 2
+
+
+class FunctionF:
+    NODE = 7
+
+
+class TrainingF:
+    INITIALIZATION, ALGORITHM = 1, 2
+
+
+MAX_SUBGRAPH_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class TensorSpan:
+    """A TensorProto found in the model: its bytes' span, where it sits, and the name it is known by."""
+
+    span: tuple[int, int]
+    where: str  # "graph", "graph subgraph", "function attribute", ...
+    name: str | None = None  # for a Constant node: its output name (the TensorProto's own name is often empty)
+    constant: bool = False  # the ``value`` of a Constant node, not a graph initializer
+    weight: bool = True  # an initializer or a Constant's value (False: another attribute, a sparse part)
+
+
+def _node_tensors(buf: Any, span: tuple[int, int], where: str, depth: int, path: str) -> Iterator[TensorSpan]:
+    op, domain, outputs = "", "", []
+    attrs: list[tuple[int, tuple[int, int]]] = []
+    for num, wt, v in fields(buf, *span):
+        if wt != 2:
+            continue
+        if num == NodeF.OP_TYPE:
+            op = _str(buf, v)
+        elif num == NodeF.DOMAIN:
+            domain = _str(buf, v)
+        elif num == NodeF.OUTPUT:
+            outputs.append(_str(buf, v))
+        elif num == NodeF.ATTRIBUTE:
+            attrs.append((num, v))
+    constant = op == "Constant" and domain in ("", "ai.onnx")
+    for _, a in attrs:
+        aname = ""
+        parts: list[tuple[int, tuple[int, int]]] = []
+        for n2, w2, v2 in fields(buf, *a):
+            if n2 == AttrF.NAME and w2 == 2:
+                aname = _str(buf, v2)
+            elif w2 == 2:
+                parts.append((n2, v2))
+        for n2, v2 in parts:
+            if n2 == AttrF.T:
+                value = constant and aname == "value"
+                name = outputs[0] if value and outputs else None
+                yield TensorSpan(v2, f"{where} attribute", name, constant=value, weight=value)
+            elif n2 == AttrF.TENSORS:
+                yield TensorSpan(v2, f"{where} attribute", weight=False)
+            elif n2 in (AttrF.G, AttrF.GRAPHS):
+                yield from graph_tensors(buf, v2, f"{where} subgraph", depth + 1, path)
+            elif n2 in (AttrF.SPARSE_TENSOR, AttrF.SPARSE_TENSORS):
+                for n3, w3, v3 in fields(buf, *v2):
+                    if n3 in (SparseF.VALUES, SparseF.INDICES) and w3 == 2:
+                        yield TensorSpan(v3, f"{where} attribute", weight=False)
+
+
+def graph_tensors(buf: Any, span: tuple[int, int], where: str, depth: int, path: str) -> Iterator[TensorSpan]:
+    """Every TensorProto of a graph, in file order: initializers, sparse initializers, node attributes (Constant
+    values among them), recursing into subgraphs (``If`` / ``Loop`` / ``Scan`` bodies)."""
+    if depth > MAX_SUBGRAPH_DEPTH:
+        raise CorruptFileError(f"ONNX subgraphs nest deeper than {MAX_SUBGRAPH_DEPTH} levels", path=path)
+    for num, wt, v in fields(buf, *span):
+        if wt != 2:
+            continue
+        if num == GraphF.INITIALIZER:
+            yield TensorSpan(v, where)
+        elif num == GraphF.SPARSE_INITIALIZER:
+            for n2, w2, v2 in fields(buf, *v):
+                if n2 in (SparseF.VALUES, SparseF.INDICES) and w2 == 2:
+                    yield TensorSpan(v2, where, weight=False)
+        elif num == GraphF.NODE:
+            yield from _node_tensors(buf, v, where, depth, path)
+
+
+def model_tensors(buf: Any, size: int, path: str) -> Iterator[TensorSpan]:
+    """Every TensorProto of the model: the main graph's, its functions' and its training graphs'."""
+    for num, wt, v in fields(buf, 0, size):
+        if wt != 2:
+            continue
+        if num == ModelF.GRAPH:
+            yield from graph_tensors(buf, v, "graph", 0, path)
+        elif num == ModelF.FUNCTIONS:
+            for n2, w2, v2 in fields(buf, *v):
+                if n2 == FunctionF.NODE and w2 == 2:
+                    for t in _node_tensors(buf, v2, "function", 0, path):
+                        yield TensorSpan(t.span, t.where, weight=False)
+        elif num == ModelF.TRAINING_INFO:
+            for n2, w2, v2 in fields(buf, *v):
+                if n2 in (TrainingF.INITIALIZATION, TrainingF.ALGORITHM) and w2 == 2:
+                    for t in graph_tensors(buf, v2, "training_info", 0, path):
+                        yield TensorSpan(t.span, t.where, weight=False)
+
+
+def external_location(buf: Any, span: tuple[int, int]) -> tuple[str, dict[str, str] | None]:
+    """(the tensor's name, its external_data entries, or None when its data is in the file)."""
+    name, external, location = "", {}, 0
+    for num, wt, v in fields(buf, *span):
+        if num == TensorF.NAME and wt == 2:
+            name = _str(buf, v)
+        elif num == TensorF.EXTERNAL_DATA and wt == 2:
+            k, val = _entry(buf, v)
+            external[k] = val
+        elif num == TensorF.DATA_LOCATION and wt == 0:
+            location = v
+    return name, (external if location == 1 or external else None)
+
+
+def findings(buf: Any, size: int, path: str) -> Iterator[tuple[str, str, str | None]]:
+    """The model's safety findings, (kind, message, where): external data that points outside its folder.
+    The reader raises the first (as :class:`UnsafeFileError`); ``scan`` collects them all."""
+    try:
+        for t in model_tensors(buf, size, path):
+            name, external = external_location(buf, t.span)
+            if external is None:
+                continue
+            try:
+                safe_external_path(path, external.get("location", ""))
+            except UnsafeFileError as e:
+                yield "onnx-external-data", f"initializer {name!r}: {e.message}", t.where
+    except _Wire as e:
+        raise CorruptFileError(f"not a valid ONNX protobuf ({e}); the file may be truncated", path=path) from None
 
 
 def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
     size = len(mm)
     meta: dict[str, Any] = {"opset_import": {}, "inputs": [], "outputs": []}
     tensors: list[TensorInfo] = []
+    notes: list[str] = []
     graph_span = None
     try:
         for num, wt, v in fields(mm, 0, size):
-            if num == 1 and wt == 0:
+            if num == ModelF.IR_VERSION and wt == 0:
                 meta["ir_version"] = v
-            elif num == 2 and wt == 2:
+            elif num == ModelF.PRODUCER_NAME and wt == 2:
                 meta["producer_name"] = _str(mm, v)
-            elif num == 3 and wt == 2:
+            elif num == ModelF.PRODUCER_VERSION and wt == 2:
                 meta["producer_version"] = _str(mm, v)
-            elif num == 7 and wt == 2:
+            elif num == ModelF.GRAPH and wt == 2:
                 graph_span = v
-            elif num == 8 and wt == 2:
+            elif num == ModelF.OPSET_IMPORT and wt == 2:
                 domain, version = "", 0
                 for n2, w2, v2 in fields(mm, *v):
-                    if n2 == 1 and w2 == 2:
+                    if n2 == OpsetF.DOMAIN and w2 == 2:
                         domain = _str(mm, v2)
-                    elif n2 == 2 and w2 == 0:
+                    elif n2 == OpsetF.VERSION and w2 == 0:
                         version = v2
                 meta["opset_import"][domain or "ai.onnx"] = version
         if graph_span is None:
             raise CorruptFileError("ONNX model has no graph", path=path)
-        init_names: set[str] = set()
+        seen: set[str] = set()
+        dropped: list[str] = []
+        for ts in graph_tensors(mm, graph_span, "graph", 0, path):
+            if not ts.weight:
+                continue
+            t = _initializer(mm, ts.span, path, name=ts.name, constant=ts.constant)
+            if t.name in seen:
+                dropped.append(t.name)
+                continue
+            seen.add(t.name)
+            tensors.append(t)
+        if dropped:
+            notes.append(f"{len(dropped)} tensors repeat an earlier name and are not listed: {', '.join(dropped[:5])}")
+        n_const = sum(t.constant for t in tensors)
+        if n_const:
+            notes.append(f"{n_const} tensors are the values of Constant nodes (listed under the node's output name)")
         nodes = 0
         inputs, outputs = [], []
         for num, wt, v in fields(mm, *graph_span):
-            if num == 5 and wt == 2:
-                t = _initializer(mm, v, path)
-                tensors.append(t)
-                init_names.add(t.name)
-            elif num == 1 and wt == 2:
+            if num == GraphF.NODE and wt == 2:
                 nodes += 1
-            elif num == 2 and wt == 2:
+            elif num == GraphF.NAME and wt == 2:
                 meta["graph_name"] = _str(mm, v)
-            elif num == 11 and wt == 2:
+            elif num == GraphF.INPUT and wt == 2:
                 inputs.append(_value_info(mm, v))
-            elif num == 12 and wt == 2:
+            elif num == GraphF.OUTPUT and wt == 2:
                 outputs.append(_value_info(mm, v))
-        meta["inputs"] = [i for i in inputs if i["name"] not in init_names]
+        meta["inputs"] = [i for i in inputs if i["name"] not in seen]
         meta["outputs"] = outputs
         meta["nodes"] = nodes
     except _Wire as e:
@@ -314,7 +526,7 @@ def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
         raise UsageError(
             "--key applies to torch checkpoints; an ONNX model's initializers are one flat list", path=path
         )
-    return Checkpoint(path=path, format="onnx", tensors=tensors, metadata=meta)
+    return Checkpoint(path=path, format="onnx", tensors=tensors, metadata=meta, notes=notes)
 
 
 def decode_typed_field(mm: Any, src: ByteSource, dtype: str) -> bytes:
