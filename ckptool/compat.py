@@ -73,6 +73,12 @@ class CompatReport:
     file_keys: int = 0
     spec: ArchSpec | None = field(default=None, repr=False)  # what runtime.build_module builds
 
+    def __repr__(self) -> str:
+        verdict = "compatible" if self.compatible else "NOT compatible"
+        return (
+            f"<CompatReport {self.arch or self.requested}: {verdict}, {self.matched}/{self.expected_keys} keys matched>"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path,

@@ -23,6 +23,7 @@ half of a float32, float8 through a 256-entry table).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -85,6 +86,8 @@ def _json_float(x: float | None) -> float | str | None:
 
 @dataclass
 class DiffReport:
+    """The answer of :func:`diff`: per common tensor a :class:`TensorDiff`, and the names only one side has. ``to_dict()`` is the ``--json`` output."""
+
     a: str
     b: str
     format_a: str
@@ -120,6 +123,13 @@ class DiffReport:
     def max_abs_diff(self) -> float | None:
         vals = [t.max_abs_diff for t in self.tensors if t.max_abs_diff is not None]
         return max(vals) if vals else None
+
+    def __repr__(self) -> str:
+        c = ", ".join(f"{v} {k}" for k, v in self.counts.items() if v)
+        return (
+            f"<DiffReport {os.path.basename(self.a)} vs {os.path.basename(self.b)}: {len(self.tensors)} common"
+            f" ({c or 'none'}), {len(self.only_in_a)} only in A, {len(self.only_in_b)} only in B>"
+        )
 
     def differences(self) -> list[TensorDiff]:
         return [t for t in self.tensors if not t.passed]

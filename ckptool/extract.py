@@ -25,6 +25,8 @@ PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 @dataclass
 class ExtractResult:
+    """What :func:`extract` wrote: ``names`` maps each source tensor to its name in the output. ``to_dict()`` is the ``--json`` output."""
+
     source: str
     output: str
     format: str  # "safetensors" | "pth"
@@ -38,6 +40,9 @@ class ExtractResult:
     tensors_in_source: int
     verified: bool  # the writer re-read the output and compared every tensor's bytes with the source
     notes: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"<ExtractResult {self.prefix} -> {os.path.basename(self.output)}: {self.tensors} tensors, {self.total_bytes:,} bytes>"
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -47,6 +47,8 @@ class LayerRow:
 
 @dataclass
 class LayerTable:
+    """The answer of :func:`layer_table`: one :class:`LayerRow` per module, and modules per container. ``to_dict()`` is the ``--json`` output."""
+
     path: str
     arch: str | None  # None when the table was inferred from the state_dict alone
     source: str  # registry | custom | torchvision | inferred
@@ -65,6 +67,10 @@ class LayerTable:
     @property
     def params(self) -> int:
         return sum(r.params for r in self.rows)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{k} {v}" for k, v in self.counts.items())
+        return f"<LayerTable {self.arch or 'inferred'}: {len(self.rows)} modules ({counts}), {self.params:,} params>"
 
     def find(self, name_or_module: str) -> LayerRow:
         """The row named ``conv5_3`` or at ``features.40``."""

@@ -84,6 +84,10 @@ class OutputParity:
     worst: dict[str, Any] = field(default_factory=dict)  # index, torch, onnx of the largest abs difference
     passed: bool = True
 
+    def __repr__(self) -> str:
+        verdict = "passed" if self.passed else f"FAILED ({self.failed_elements} of {self.elements} elements)"
+        return f"<OutputParity {self.name!r} {self.shape}: {verdict}, max abs diff {self.max_abs_diff:.3g}>"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -131,6 +135,10 @@ class ParityReport:
     @property
     def failed_outputs(self) -> list[OutputParity]:
         return [o for o in self.outputs if not o.passed]
+
+    def __repr__(self) -> str:
+        verdict = "passed" if self.passed else f"FAILED ({len(self.failed_outputs)} outputs)"
+        return f"<ParityReport {os.path.basename(self.onnx)}: {verdict}, {len(self.outputs)} outputs, {self.samples} samples>"
 
     def summary(self) -> str:
         """One sentence: passed, or by how much it failed."""

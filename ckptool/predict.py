@@ -53,6 +53,8 @@ class ImagePrediction:
 
 @dataclass
 class PredictReport:
+    """The answer of :func:`predict`: per image, the top classes with their probabilities. ``to_dict()`` is the ``--json`` output."""
+
     model: str
     backend: str  # "torch" | "onnxruntime"
     arch: str | None
@@ -61,6 +63,10 @@ class PredictReport:
     labels: str  # "imagenet" or the --labels file
     predictions: list[ImagePrediction]
     notes: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        first = self.predictions[0].top[0].label if self.predictions and self.predictions[0].top else None
+        return f"<PredictReport {os.path.basename(self.model)} ({self.backend}): {len(self.predictions)} images, first top-1 {first!r}>"
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -160,6 +160,8 @@ class PickleInfo:
 
 @dataclass
 class ScanReport:
+    """The answer of :func:`scan`: ``safe`` when there is no finding; the pickles, the globals they reference, and the findings. ``to_dict()`` is the ``--json`` output."""
+
     path: str
     format: str  # torch-zip | torchscript | torch-legacy | pickle | safetensors | onnx
     pickles: list[PickleInfo] = field(default_factory=list)
@@ -174,6 +176,11 @@ class ScanReport:
     def safe(self) -> bool:
         """No finding at all: no dangerous or unknown global and no integrity problem."""
         return not self.findings
+
+    def __repr__(self) -> str:
+        kinds = sorted({f.kind for f in self.findings})
+        verdict = "ok" if self.safe else f"{len(self.findings)} findings ({', '.join(kinds)})"
+        return f"<ScanReport {os.path.basename(self.path)} ({self.format}): {verdict}>"
 
     def global_summary(self) -> list[dict[str, Any]]:
         """One entry per distinct global: name, verdict, how often and where it is referenced."""

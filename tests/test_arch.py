@@ -150,7 +150,7 @@ def test_registry_is_torch_free():
         """
         import sys
         from ckptool.arch.registry import describe, names, resolve
-        from ckptool import compat, layers
+        import ckptool.compat, ckptool.layers
         for n in names():
             resolve(n, num_classes=10).state_dict_shapes()
         describe()

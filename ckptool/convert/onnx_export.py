@@ -94,6 +94,11 @@ class OnnxExportResult:
     def passed(self) -> bool:
         return self.parity is None or self.parity.passed
 
+    def __repr__(self) -> str:
+        parity = "skipped" if self.parity is None else ("passed" if self.parity.passed else "FAILED")
+        state = "written" if self.written else "NOT written"
+        return f"<OnnxExportResult {os.path.basename(self.path)}: {self.arch}, opset {self.opset}, {state}, parity {parity}>"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": "onnx",

@@ -66,6 +66,10 @@ class ExportResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        check = "bit-exact" if self.verified else "not verified"
+        return f"<ExportResult {os.path.basename(self.out)} ({self.format}): {self.tensors} tensors, {check}>"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "out": self.out,
