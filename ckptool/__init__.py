@@ -33,6 +33,7 @@ from .api import (
 from .checkpoint import ByteSource, Checkpoint, StorageInfo, TensorInfo
 from .errors import CkptError, FindingsError, MissingExtraError
 from .formats import detect_format, open_checkpoint
+from .formats.unpickler import allow_globals
 
 __version__ = "0.1.0"
 
@@ -67,6 +68,7 @@ __all__ = [  # ``open`` is left out so that ``from ckptool import *`` cannot sha
     "ScanReport",
     "StorageInfo",
     "TensorInfo",
+    "allow_globals",
     "check",
     "detect_format",
     "diff",

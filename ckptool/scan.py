@@ -48,6 +48,8 @@ from .formats import onnx as onnx_format
 from .formats import open_checkpoint, torch_zip
 from .formats.sniff import LEGACY_HEAD
 from .formats.unpickler import (
+    DANGEROUS_MODULES,
+    DANGEROUS_NAMES,
     MAX_MARK_DEPTH,
     MAX_MEMO,
     MAX_OPS,
@@ -55,47 +57,12 @@ from .formats.unpickler import (
     Memo,
     _Source,
     is_allowed,
+    is_dangerous,
     is_torchscript_name,
     resolve_name,
 )
 
 SAFE, DANGEROUS, UNKNOWN = "safe", "dangerous", "unknown"
-
-# Modules whose every attribute can run code or touch the system (files, processes, network, the
-# interpreter). Matched on the module that Python would really import, and on its submodules.
-DANGEROUS_MODULES = frozenset(
-    {
-        "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "_posixsubprocess", "sys", "shutil", "socket",
-        "runpy", "importlib", "imp", "ctypes", "_ctypes", "pty", "multiprocessing", "code", "codeop", "pdb",
-        "bdb", "webbrowser", "marshal", "pickle", "_pickle", "pickletools", "dill", "cloudpickle", "joblib",
-        "shelve", "types", "asyncio", "signal", "threading", "_thread", "urllib", "http", "ftplib", "smtplib",
-        "telnetlib", "requests", "tempfile", "glob", "io", "_io", "zipimport", "pkgutil", "site", "sysconfig",
-        "gc", "inspect", "linecache", "timeit", "trace", "cProfile", "profile", "platform",
-        "torch.serialization", "torch.hub", "torch.jit", "torch.package", "torch._inductor", "torch._dynamo",
-        "torch.utils.cpp_extension", "torch.distributed", "torch._C", "torch.ops", "torch.library",
-        "numpy.testing", "numpy.f2py", "numpy.distutils", "numpy.ctypeslib",
-    }
-)  # fmt: skip
-# Single names in otherwise harmless modules.
-DANGEROUS_NAMES = frozenset(
-    {
-        "builtins.eval", "builtins.exec", "builtins.compile", "builtins.getattr", "builtins.setattr",
-        "builtins.delattr", "builtins.__import__", "builtins.open", "builtins.input", "builtins.breakpoint",
-        "builtins.globals", "builtins.locals", "builtins.vars", "builtins.help", "builtins.exit", "builtins.quit",
-        "builtins.memoryview", "builtins.type", "builtins.object", "builtins.super", "builtins.classmethod",
-        "builtins.staticmethod", "builtins.property", "builtins.__build_class__", "builtins.execfile",
-        "builtins.file", "builtins.reload", "builtins.apply",
-        "functools.partial", "functools.partialmethod", "functools.reduce", "functools.singledispatch",
-        "operator.attrgetter", "operator.itemgetter", "operator.methodcaller", "operator.getitem",
-        "operator.setitem", "operator.delitem", "operator.call",
-        "torch.load", "torch.save", "torch.storage._load_from_bytes", "torch._utils._rebuild_device_tensor_from_numpy",
-        "torch.from_file", "torch._load_global_deps", "torch.compile",
-        "numpy.load", "numpy.save", "numpy.fromfile", "numpy.loadtxt", "numpy.genfromtxt", "numpy.memmap",
-        "numpy.lib.npyio.load", "numpy.lib._npyio_impl.load",
-        "codecs.open", "_codecs.open", "copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__",
-        "collections.namedtuple", "functools.cached_property",
-    }
-)  # fmt: skip
 
 PICKLE_MAGIC = tuple(bytes([0x80, p]) for p in (2, 3, 4, 5))
 # torch.hub: HASH_REGEX = re.compile(r'-([a-f0-9]*)\.'), searched in the file name; check_hash then
@@ -217,14 +184,7 @@ def classify(qualname: str, *, torchscript: bool = False) -> str:
     """safe / dangerous / unknown for a resolved ``module.name`` (same allowlist as the reader)."""
     if is_allowed(qualname) or (torchscript and is_torchscript_name(qualname)):
         return SAFE
-    if qualname in DANGEROUS_NAMES:
-        return DANGEROUS
-    module = qualname.rpartition(".")[0]
-    parts = module.split(".")
-    for i in range(1, len(parts) + 1):
-        if ".".join(parts[:i]) in DANGEROUS_MODULES:
-            return DANGEROUS
-    return UNKNOWN
+    return DANGEROUS if is_dangerous(qualname) else UNKNOWN
 
 
 def _split_global(arg: Any) -> tuple[str, str]:
@@ -1071,5 +1031,5 @@ def scan(path: str | os.PathLike[str], *, values: bool = True) -> ScanReport:
         mm.close()
 
 
-__all__ = ["DANGEROUS", "SAFE", "UNKNOWN", "Finding", "GlobalRef", "PickleInfo", "ScanReport", "classify", "scan",
+__all__ = ["DANGEROUS", "DANGEROUS_MODULES", "DANGEROUS_NAMES", "SAFE", "UNKNOWN", "Finding", "GlobalRef", "PickleInfo", "ScanReport", "classify", "scan",
            "walk_pickle"]  # fmt: skip

@@ -24,6 +24,30 @@ KeyOpt = Annotated[
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 
+
+def _allow_globals(ctx: typer.Context, value: list[str] | None) -> list[str] | None:
+    """Allow the named pickle globals while this command runs (scoped: reset when the command ends)."""
+    if value:
+        from ..formats.unpickler import allow_globals
+
+        scope = allow_globals(*value)
+        scope.__enter__()
+        ctx.call_on_close(lambda: scope.__exit__(None, None, None))
+    return value
+
+
+AllowGlobalOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-global",
+        metavar="MODULE.NAME",
+        callback=_allow_globals,
+        help="Record this pickle global as opaque data instead of refusing the file (repeatable; never runs it; "
+        "os, subprocess, eval and the rest of scan's denylist are never allowed).",
+        show_default=False,
+    ),
+]
+
 # -- model options, shared by check, layers, export, parity, predict ---------------------------------------
 ArchOpt = Annotated[
     str | None,

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ._options import ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt, PartOpt, PathArg
+from ._options import AllowGlobalOpt, ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt, PartOpt, PathArg
 from ._output import kv_lines, out, print_json, table
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ def check(
     arch_arg: ArchArgOpt = None,
     key: KeyOpt = None,
     json_: JsonOpt = False,
+    allow_global: AllowGlobalOpt = None,
 ) -> None:
     """Does the file fit the architecture? Missing, unexpected and mis-shaped keys, in words.
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._options import JsonOpt
+from ._options import AllowGlobalOpt, JsonOpt
 from ._output import ProgressBar, human_bytes, kv_lines, out, print_json, table, warn
 
 if TYPE_CHECKING:
@@ -140,6 +140,7 @@ def diff(
     exclude: ExcludeOpt = None,
     show_all: AllOpt = False,
     json_: JsonOpt = False,
+    allow_global: AllowGlobalOpt = None,
 ) -> None:
     """Compare two checkpoints: keys only in A / only in B, shape and dtype differences, and the max abs
     difference of every common tensor. Exit 0 identical (bit for bit, or within --atol), 1 different."""

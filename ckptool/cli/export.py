@@ -9,6 +9,7 @@ import typer
 
 from ..errors import UsageError
 from ._options import (
+    AllowGlobalOpt,
     ArchArgOpt,
     ArchOpt,
     AtolOpt,
@@ -98,6 +99,7 @@ def export(
     stol: StolOpt = None,
     force: ForceOpt = False,
     json_: JsonOpt = False,
+    allow_global: AllowGlobalOpt = None,
 ) -> None:
     """Convert a checkpoint: --safetensors OUT or --pth OUT (streamed, bit-exact, torch-free), or --onnx OUT
     --arch NAME (exported, checked with onnx.checker, verified against torch). Exit 0 done, 1 parity failed,

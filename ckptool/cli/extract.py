@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import ForceOpt, JsonOpt, KeyOpt, PathArg
+from ._options import AllowGlobalOpt, ForceOpt, JsonOpt, KeyOpt, PathArg
 from ._output import human_bytes, human_count, kv_lines, print_json
 
 PrefixOpt = Annotated[
@@ -44,6 +44,7 @@ def extract(
     force: ForceOpt = False,
     key: KeyOpt = None,
     json_: JsonOpt = False,
+    allow_global: AllowGlobalOpt = None,
 ) -> None:
     """Extract the sub-state-dict under a prefix, e.g. `features` as a frozen feature extractor. Streamed and atomic."""
     from ..extract import extract as run_extract

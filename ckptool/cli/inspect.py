@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..formats import open_checkpoint
-from ._options import JsonOpt, KeyOpt, PathArg
+from ._options import AllowGlobalOpt, JsonOpt, KeyOpt, PathArg
 from ._output import human_bytes, human_count, kv_lines, out, print_json, table
 
 FilterOpt = Annotated[
@@ -31,6 +31,7 @@ def inspect(
     filter: FilterOpt = None,
     plain: PlainOpt = False,
     json_: JsonOpt = False,
+    allow_global: AllowGlobalOpt = None,
 ) -> None:
     """List every tensor: name, shape, dtype, elements, bytes. Never imports torch, never reads tensor data."""
     ck = open_checkpoint(path, key=key)

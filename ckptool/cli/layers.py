@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._options import ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt, PartOpt, PathArg
+from ._options import AllowGlobalOpt, ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt, PartOpt, PathArg
 from ._output import human_count, out, print_json, table
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ def layers(
     arch_arg: ArchArgOpt = None,
     key: KeyOpt = None,
     json_: JsonOpt = False,
+    allow_global: AllowGlobalOpt = None,
 ) -> None:
     """Every module in forward order (ReLU, pooling and dropout included) with its paper-style name,
     weight-layer number (conv and linear layers only), weight shape and parameter count."""

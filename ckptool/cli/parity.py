@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ._options import (
+    AllowGlobalOpt,
     ArchArgOpt,
     ArchOpt,
     AtolOpt,
@@ -77,6 +78,7 @@ def parity(
     input_shape: InputShapeOpt = None,
     features_only: FeaturesOpt = None,
     json_: JsonOpt = False,
+    allow_global: AllowGlobalOpt = None,
 ) -> None:
     """Run seeded inputs through the checkpoint (torch) and the ONNX model (onnxruntime, CPU) and compare every
     output. An element fails only when it is off by more than --atol AND by more than --rtol x |torch| AND by

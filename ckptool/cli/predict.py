@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt
+from ._options import AllowGlobalOpt, ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt
 from ._output import kv_lines, out, print_json, table
 
 ModelArg = Annotated[
@@ -51,6 +51,7 @@ def predict(
     arch_arg: ArchArgOpt = None,
     key: KeyOpt = None,
     json_: JsonOpt = False,
+    allow_global: AllowGlobalOpt = None,
 ) -> None:
     """Classify images, as the article's last step does: Resize((224, 224)), ToTensor, Normalize(ImageNet), softmax, top-K."""
     from ..arch.registry import parse_arch_args

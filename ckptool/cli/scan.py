@@ -9,7 +9,7 @@ import typer
 
 from ..errors import CkptError
 from ._errors import error_line
-from ._options import JsonOpt
+from ._options import AllowGlobalOpt, JsonOpt
 from ._output import is_tty, out, print_json
 
 if TYPE_CHECKING:
@@ -77,7 +77,9 @@ def _print(lines: list[str]) -> None:
         out(line)
 
 
-def scan(paths: PathsArg, no_values: NoValuesOpt = False, json_: JsonOpt = False) -> None:
+def scan(
+    paths: PathsArg, no_values: NoValuesOpt = False, json_: JsonOpt = False, allow_global: AllowGlobalOpt = None
+) -> None:
     """Static safety and integrity scan for CI: every pickle and every global it references (safe / dangerous /
     unknown), hidden pickles, NaN/Inf and negative running_var, zip and safetensors structure, ONNX external data,
     and the file-name hash. Never unpickles. Exit 0 clean, 1 findings, 2 could not scan."""

@@ -13,7 +13,7 @@ from typing import Any
 from .. import dtypes
 from ..checkpoint import Checkpoint, StorageInfo, TensorInfo
 from ..errors import CorruptFileError, KeyNotFoundError
-from .unpickler import Opaque, PickledDict, StorageRef, TensorRecord
+from .unpickler import Global, Opaque, PickledDict, StorageRef, TensorRecord
 
 # Keys under which training code conventionally keeps the model weights, most specific first.
 CONVENTIONAL_KEYS = (
@@ -155,7 +155,19 @@ def summarize(value: Any) -> str:
         return text + (f", {plural(n, 'tensor')}" if n else "")
     if isinstance(value, Opaque):
         return value.kind if value.value is None else repr(value.value)
+    if isinstance(value, Global):
+        return value.qualname
     return type(value).__name__
+
+
+def inert_notes(names: set[str]) -> list[str]:
+    """The note a reader adds when it recorded inert or user-allowed globals as opaque values."""
+    if not names:
+        return []
+    return [
+        f"recorded {', '.join(sorted(names))} as opaque {'value' if len(names) == 1 else 'values'} "
+        "(data only: nothing was imported or run)"
+    ]
 
 
 def _flatten(obj: Any, prefix: str) -> Iterator[tuple[str, Any]]:

@@ -6,11 +6,12 @@ import mmap
 import os
 import stat
 import struct
+from collections.abc import Iterable
 from typing import Any
 
 from ..checkpoint import Checkpoint
-from ..errors import CorruptFileError, UnreadableError, UnsupportedFormatError
-from . import onnx, safetensors, torch_legacy, torch_zip
+from ..errors import CkptError, CorruptFileError, UnreadableError, UnsupportedFormatError
+from . import onnx, safetensors, torch_legacy, torch_zip, unpickler
 
 LEGACY_HEAD = b"\x8a\x0a" + torch_legacy.MAGIC_NUMBER.to_bytes(10, "little")
 
@@ -95,13 +96,27 @@ def _sniff(mm: Any, size: int, path: str) -> str:
         raise UnsupportedFormatError(e.message, path=path, hint=e.hint) from None
 
 
-def open_checkpoint(path: str | os.PathLike[str], *, key: str | None = None) -> Checkpoint:
+def open_checkpoint(
+    path: str | os.PathLike[str], *, key: str | None = None, allow_globals: Iterable[str] = ()
+) -> Checkpoint:
     """Read a checkpoint's metadata without trusting it and without reading tensor bytes.
 
     ``key`` selects the state_dict inside a training checkpoint (a key of the root, or a dotted path);
-    by default the conventional key holding the largest mapping of tensors is used.
+    by default the conventional key holding the largest mapping of tensors is used. ``allow_globals`` adds
+    pickle globals to record as opaque data (see :func:`ckptool.allow_globals`). Every error names the file.
     """
     path = os.fspath(path)
+    with unpickler.allow_globals(*allow_globals):
+        try:
+            return _open(path, key)
+        except CkptError as e:
+            if e.path is None:  # raised below the reader (the unpickler): say which file
+                e.path = path
+                e.args = (e.render(),)
+            raise
+
+
+def _open(path: str, key: str | None) -> Checkpoint:
     mm, size = open_map(path)
     try:
         fmt = _sniff(mm, size, path)

@@ -14,7 +14,7 @@ from .. import dtypes
 from ..checkpoint import ByteSource, Checkpoint, StorageInfo
 from ..errors import CorruptFileError, UnsupportedFormatError
 from . import unpickler
-from ._torch_tree import build_checkpoint, storage_ref
+from ._torch_tree import build_checkpoint, inert_notes, storage_ref
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -34,6 +34,7 @@ def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
     little = sys_info.get("little_endian", True)
     type_sizes = sys_info.get("type_sizes", {})
     refs: dict[str, Any] = {}
+    inert: set[str] = set()
 
     def persistent_load(pid: Any) -> Any:
         ref = storage_ref(pid, legacy=True)
@@ -47,7 +48,7 @@ def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
             refs.setdefault(root_key, ref)
         return ref
 
-    root, pos = unpickler.load(mm, pos, persistent_load=persistent_load, where=f"{path}: object pickle")
+    root, pos = unpickler.load(mm, pos, persistent_load=persistent_load, where=f"{path}: object pickle", inert=inert)
     keys, pos = unpickler.load(mm, pos, where=f"{path}: storage key list")
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise CorruptFileError("legacy storage key list is not a list of strings", path=path)
@@ -80,6 +81,7 @@ def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
     meta: dict[str, Any] = {"type_sizes": type_sizes, "byteorder": "little" if little else "big"}
     ck = build_checkpoint(root, storages, path=path, fmt="torch-legacy", key=key, metadata=meta)
     ck.byteorder = "little" if little else "big"
+    ck.notes.extend(inert_notes(inert))
     if pos < size:
         ck.notes.append(f"{size - pos} bytes after the last storage")
     locs = sorted({s.location for s in storages.values()} - {"cpu"})

@@ -15,7 +15,7 @@ from .. import dtypes
 from ..checkpoint import ByteSource, Checkpoint, StorageInfo
 from ..errors import CorruptFileError, UnsupportedFormatError
 from . import unpickler
-from ._torch_tree import build_checkpoint, storage_ref
+from ._torch_tree import build_checkpoint, inert_notes, storage_ref
 
 MAX_PICKLE_BYTES = 1 << 30
 MAX_COMPRESSED_PICKLE = 64 << 20  # torch stores pickles uncompressed; a deflated one is inflated in memory
@@ -124,6 +124,7 @@ def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
         else:
             pkl_buf, pkl_pos = _member(zf, mm, pkl_info, path), 0
         refs: dict[str, Any] = {}
+        inert: set[str] = set()
 
         def persistent_load(pid: Any) -> Any:
             ref = storage_ref(pid, legacy=False)
@@ -142,6 +143,7 @@ def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
             persistent_load=persistent_load,
             torchscript=torchscript,
             where=f"{path}: data.pkl",
+            inert=inert,
         )
 
         storages: dict[str, StorageInfo] = {}
@@ -164,6 +166,7 @@ def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
     meta: dict[str, Any] = {"archive_prefix": prefix.rstrip("/"), "byteorder": byteorder}
     ck = build_checkpoint(root, storages, path=path, fmt=fmt, key=key, metadata=meta)
     ck.byteorder = byteorder
+    ck.notes.extend(inert_notes(inert))
     if torchscript:
         ck.notes.append(
             "TorchScript archive: parameters listed from the scripted module's attributes; code was not run"

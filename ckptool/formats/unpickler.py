@@ -19,12 +19,14 @@ import io
 import mmap
 import pickletools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import dtypes
-from ..errors import CorruptFileError, UnsafePickleError
+from ..errors import CorruptFileError, UnsafePickleError, UsageError
 
 MAX_OPS = 10_000_000
 MAX_MEMO = 1_000_000
@@ -181,7 +183,17 @@ def _codecs_encode(obj: Any, encoding: Any = "utf-8", *_: Any) -> bytes:
     return obj.encode(encoding)
 
 
-_NP_SCALAR_FORMATS = {"f8": "<d", "f4": "<f", "i8": "<q", "i4": "<i", "i2": "<h", "i1": "<b", "u1": "<B", "b1": "<?"}
+_NP_SCALAR_FORMATS = {
+    "f8": "<d",
+    "f4": "<f",
+    "f2": "<e",
+    "i8": "<q",
+    "i4": "<i",
+    "i2": "<h",
+    "i1": "<b",
+    "u1": "<B",
+    "b1": "<?",
+}
 
 
 def _np_dtype(*args: Any) -> Opaque:
@@ -267,8 +279,136 @@ def resolve_name(module: str, name: str) -> tuple[str, str]:
     return module, name
 
 
+# Modules whose every attribute can run code or touch the system (files, processes, network, the
+# interpreter). Matched on the module that Python would really import, and on its submodules.
+DANGEROUS_MODULES = frozenset(
+    {
+        "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "_posixsubprocess", "sys", "shutil", "socket",
+        "runpy", "importlib", "imp", "ctypes", "_ctypes", "pty", "multiprocessing", "code", "codeop", "pdb",
+        "bdb", "webbrowser", "marshal", "pickle", "_pickle", "pickletools", "dill", "cloudpickle", "joblib",
+        "shelve", "types", "asyncio", "signal", "threading", "_thread", "urllib", "http", "ftplib", "smtplib",
+        "telnetlib", "requests", "tempfile", "glob", "io", "_io", "zipimport", "pkgutil", "site", "sysconfig",
+        "gc", "inspect", "linecache", "timeit", "trace", "cProfile", "profile", "platform",
+        "torch.serialization", "torch.hub", "torch.jit", "torch.package", "torch._inductor", "torch._dynamo",
+        "torch.utils.cpp_extension", "torch.distributed", "torch._C", "torch.ops", "torch.library",
+        "numpy.testing", "numpy.f2py", "numpy.distutils", "numpy.ctypeslib",
+    }
+)  # fmt: skip
+# Single names in otherwise harmless modules.
+DANGEROUS_NAMES = frozenset(
+    {
+        "builtins.eval", "builtins.exec", "builtins.compile", "builtins.getattr", "builtins.setattr",
+        "builtins.delattr", "builtins.__import__", "builtins.open", "builtins.input", "builtins.breakpoint",
+        "builtins.globals", "builtins.locals", "builtins.vars", "builtins.help", "builtins.exit", "builtins.quit",
+        "builtins.memoryview", "builtins.type", "builtins.object", "builtins.super", "builtins.classmethod",
+        "builtins.staticmethod", "builtins.property", "builtins.__build_class__", "builtins.execfile",
+        "builtins.file", "builtins.reload", "builtins.apply",
+        "functools.partial", "functools.partialmethod", "functools.reduce", "functools.singledispatch",
+        "operator.attrgetter", "operator.itemgetter", "operator.methodcaller", "operator.getitem",
+        "operator.setitem", "operator.delitem", "operator.call",
+        "torch.load", "torch.save", "torch.storage._load_from_bytes", "torch._utils._rebuild_device_tensor_from_numpy",
+        "torch.from_file", "torch._load_global_deps", "torch.compile",
+        "numpy.load", "numpy.save", "numpy.fromfile", "numpy.loadtxt", "numpy.genfromtxt", "numpy.memmap",
+        "numpy.lib.npyio.load", "numpy.lib._npyio_impl.load",
+        "codecs.open", "_codecs.open", "copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__",
+        "collections.namedtuple", "functools.cached_property",
+    }
+)  # fmt: skip
+
+
+def is_dangerous(qualname: str) -> bool:
+    """On the denylist: code execution, file / process / network access, nested loaders (never allowed)."""
+    if qualname in DANGEROUS_NAMES:
+        return True
+    parts = qualname.rpartition(".")[0].split(".")
+    return any(".".join(parts[:i]) in DANGEROUS_MODULES for i in range(1, len(parts) + 1))
+
+
+# -- inert data: classes common in training checkpoints that carry no code ----------------------------------
+def _opaque(kind: str) -> Callable[..., Opaque]:
+    def make(*_: Any) -> Opaque:
+        return Opaque(kind)
+
+    return make
+
+
+def _pure_path(kind: str) -> Callable[..., Opaque]:
+    import pathlib  # pure paths: string arithmetic only, never the file system
+
+    pure = pathlib.PureWindowsPath if "Windows" in kind else pathlib.PurePosixPath
+
+    def make(*parts: Any) -> Opaque:
+        return Opaque(kind, value=str(pure(*(p for p in parts if isinstance(p, str)))))
+
+    return make
+
+
+# Recorded as opaque values (with a note), never constructed: argparse.Namespace (a bag of attributes, filled
+# by BUILD), pathlib paths (strings), numpy dtype classes (numpy dtypes, scalars and arrays are in ALLOWED).
+INERT: dict[str, Callable[..., Any]] = {
+    "argparse.Namespace": _opaque("argparse.Namespace"),
+    **{
+        f"pathlib.{k}": _pure_path(f"pathlib.{k}")
+        for k in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath")
+    },
+}
+
+
+def is_inert(qualname: str) -> bool:
+    if qualname in INERT:
+        return True
+    head, _, cls = qualname.rpartition(".")
+    return head == "numpy.dtypes" and cls.endswith("DType") and cls.isidentifier()
+
+
+# -- what the user allows: scoped (a context variable), never a global table mutated at import -------------
+_USER_ALLOWED: ContextVar[frozenset[str]] = ContextVar("ckptool_allowed_globals", default=frozenset())
+
+
+def user_allowed() -> frozenset[str]:
+    """The globals the caller allowed for the current scope (:func:`allow_globals`)."""
+    return _USER_ALLOWED.get()
+
+
+def check_allowable(names: Iterable[str]) -> frozenset[str]:
+    """The resolved ``module.name`` of each name a user wants to allow; UsageError for a bad or dangerous one."""
+    out = set()
+    for raw in names:
+        name = str(raw).strip()
+        module, dot, attr = name.rpartition(".")
+        if not dot or not module or not attr or not all(p.isidentifier() for p in name.split(".")):
+            raise UsageError(
+                f"--allow-global {name!r} is not MODULE.NAME", hint="e.g. --allow-global argparse.Namespace"
+            )
+        module, attr = resolve_name(module, attr)
+        qual = f"{module}.{attr}"
+        if is_dangerous(qual):
+            raise UsageError(
+                f"--allow-global {name!r}: {qual} can run code or touch the system, so it can never be allowed",
+            )
+        out.add(qual)
+    return frozenset(out)
+
+
+@contextmanager
+def allow_globals(*names: str) -> Iterator[None]:
+    """Allow more globals while the block runs (like torch's ``safe_globals``): the reader records each as an
+    opaque value (its arguments and state are kept as data; nothing is imported or called).
+    Dangerous names (the scan denylist: os, subprocess, builtins.eval, ...) raise :class:`UsageError`::
+
+        with ckptool.allow_globals("mypkg.config.TrainConfig"):
+            ck = ckptool.open_checkpoint("run.ckpt")
+    """
+    token = _USER_ALLOWED.set(_USER_ALLOWED.get() | check_allowable(names))
+    try:
+        yield
+    finally:
+        _USER_ALLOWED.reset(token)
+
+
 def is_allowed(qualname: str) -> bool:
-    return qualname in ALLOWED
+    """On the tensor allowlist, or allowed by the caller: what scan calls safe."""
+    return qualname in ALLOWED or qualname in _USER_ALLOWED.get()
 
 
 def is_torchscript_name(qualname: str) -> bool:
@@ -277,18 +417,26 @@ def is_torchscript_name(qualname: str) -> bool:
     return qualname.startswith(("__torch__.", "torch.jit._pickle.")) or qualname == "__torch__"
 
 
-def make_global(module: str, name: str, *, torchscript: bool = False) -> Global:
+def make_global(module: str, name: str, *, torchscript: bool = False, inert: set[str] | None = None) -> Global:
+    """The reference to an allowed global (never the real object). Inert and user-allowed globals are added to
+    ``inert`` (for the reader's note); anything else is refused."""
     module, name = resolve_name(module, name)
     qual = f"{module}.{name}"
     if torchscript and is_torchscript_name(qual):
         return Global(module, name)
     if qual not in ALLOWED:
+        if is_inert(qual) or qual in _USER_ALLOWED.get():
+            if inert is not None:
+                inert.add(qual)
+            return Global(module, name)
         hint = "run `ckptool scan` to list every global it references"
         if not module.startswith(("torch", "numpy", "collections", "builtins", "_codecs")):
             hint = (
                 "it may pickle a whole model object or code; if you trust it, load it in torch and re-save "
                 "model.state_dict(); `ckptool scan` lists every global"
             )
+        if not is_dangerous(qual):
+            hint += f"; if it is plain data, --allow-global {qual} records it as an opaque value"
         raise UnsafePickleError(
             f"refusing to unpickle: it references {qual}, which is not on ckptool's allowlist of what a "
             "tensor checkpoint needs; nothing was executed",
@@ -308,19 +456,24 @@ def call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None)
         raise CorruptFileError(f"pickle calls a {type(func).__name__}, which is not a global")
     if func.module.startswith("__torch__") or func.qualname.startswith("torch.jit._pickle."):
         return _torchscript_call(func, args)
-    handler = ALLOWED.get(func.qualname)
+    qual = func.qualname
+    if qual in ALLOWED:
+        handler = ALLOWED[qual]
+    elif is_inert(qual) or qual in _USER_ALLOWED.get():  # recorded, never constructed
+        handler = INERT.get(qual) or _opaque(qual)
+        kwargs = None
+    else:  # pragma: no cover - make_global refuses it first
+        handler = None
     if handler is None:
-        raise UnsafePickleError(
-            f"refusing to call {func.qualname}: it is not callable in a checkpoint", global_name=func.qualname
-        )
+        raise UnsafePickleError(f"refusing to call {qual}: it is not callable in a checkpoint", global_name=qual)
     if kwargs:
-        raise CorruptFileError(f"{func.qualname} called with keyword arguments")
+        raise CorruptFileError(f"{qual} called with keyword arguments")
     try:
         return handler(*args)
     except (CorruptFileError, UnsafePickleError):
         raise
     except (TypeError, ValueError, KeyError, IndexError) as e:
-        raise CorruptFileError(f"bad arguments to {func.qualname}: {e}") from None
+        raise CorruptFileError(f"bad arguments to {qual}: {e}") from None
 
 
 def _torchscript_call(func: Global, args: tuple[Any, ...]) -> Any:
@@ -441,6 +594,7 @@ def load(
     persistent_load: PersistentLoad | None = None,
     torchscript: bool = False,
     where: str = "pickle",
+    inert: set[str] | None = None,
 ) -> tuple[Any, int]:
     """Interpret one pickle from ``buf[pos:end]``. Returns (object, position after STOP).
 
@@ -569,14 +723,14 @@ def load(
 
     def h_global(arg: Any) -> None:
         module, _, gname = str(arg).partition(" ")
-        push(make_global(module, gname, torchscript=torchscript))
+        push(make_global(module, gname, torchscript=torchscript, inert=inert))
 
     def h_stack_global(arg: Any) -> None:
         gname = pop()
         module = pop()
         if not isinstance(module, str) or not isinstance(gname, str):
             raise CorruptFileError(f"{where}: STACK_GLOBAL on non-strings")
-        push(make_global(module, gname, torchscript=torchscript))
+        push(make_global(module, gname, torchscript=torchscript, inert=inert))
 
     def h_reduce(arg: Any) -> None:
         args = pop()
@@ -598,7 +752,7 @@ def load(
 
     def h_inst(arg: Any) -> None:
         module, _, gname = str(arg).partition(" ")
-        cls = make_global(module, gname, torchscript=torchscript)
+        cls = make_global(module, gname, torchscript=torchscript, inert=inert)
         push(call(cls, tuple(pop_mark())))
 
     def h_obj(arg: Any) -> None:
