@@ -69,19 +69,13 @@ class TensorDiff:
             "dtype_a": self.dtype_a,
             "dtype_b": self.dtype_b,
             "numel": self.numel,
-            "max_abs_diff": _json_float(self.max_abs_diff),
+            "max_abs_diff": self.max_abs_diff,  # may be inf / nan: the CLI's JSON renderer encodes it
             "mismatched": self.mismatched,
             "nan_mismatch": self.nan_mismatch,
         }
         if self.name_b != self.name:
             d["name_b"] = self.name_b
         return d
-
-
-def _json_float(x: float | None) -> float | str | None:
-    if x is None or math.isfinite(x):
-        return x
-    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
 
 
 @dataclass
@@ -146,7 +140,7 @@ class DiffReport:
             "identical": self.identical,
             "common": len(self.tensors),
             "counts": self.counts,
-            "max_abs_diff": _json_float(self.max_abs_diff),
+            "max_abs_diff": self.max_abs_diff,  # may be inf / nan: the CLI's JSON renderer encodes it
             "only_in_a": self.only_in_a,
             "only_in_b": self.only_in_b,
             "prefix_a": self.prefix_a,

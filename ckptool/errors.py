@@ -69,7 +69,10 @@ class UnknownArchError(CkptError):
 
 
 class FindingsError(CkptError):
-    """The command ran, and what it found is a failure (exit 1): incompatible, parity failed, unsafe."""
+    """The command ran, and what it found is a failure (exit 1): incompatible, parity failed, unsafe, different.
+
+    The CLI raises it after showing the result; ``ckptool.cli._errors`` turns it into exit 1 and prints nothing
+    more."""
 
     exit_code = 1
 
@@ -81,3 +84,29 @@ class MissingExtraError(CkptError):
         self.extra = extra
         self.module = module
         super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class WeightsMismatchError(CkptError):
+    """The checkpoint does not load strictly into the architecture (exit 2); the message carries check's findings."""
+
+
+class InputShapeError(UsageError):
+    """The model cannot take inputs of the requested shape (exit 2)."""
+
+
+class ExportFailedError(CkptError):
+    """torch's exporter could not export the model (exit 2)."""
+
+
+class OnnxCheckError(CkptError):
+    """The written model fails ``onnx.checker.check_model(full_check=True)`` (exit 2)."""
+
+
+def first_line(e: BaseException, limit: int = 400) -> str:
+    """The first non-empty line of an exception's message (ANSI colour codes removed), at most ``limit``
+    characters; the exception's type name when it has no message."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return (line or type(e).__name__)[:limit]

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from ._extras import require
-from .errors import CkptError, CorruptFileError, UsageError
+from .errors import CkptError, CorruptFileError, InputShapeError, UsageError, WeightsMismatchError, first_line
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
@@ -55,10 +55,6 @@ RULE = (
     "an element fails when |onnx - torch| > atol and |onnx - torch| > rtol * |torch| "
     "and |onnx - torch| > stol * max|torch| (max over that output)"
 )
-
-
-class InputShapeError(UsageError):
-    """The model cannot take inputs of the requested shape (exit 2)."""
 
 
 @dataclass
@@ -380,7 +376,7 @@ def open_session(onnx_path: str | os.PathLike[str]) -> Any:
     try:
         return ort.InferenceSession(os.fspath(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
-        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        msg = first_line(e, 300)
         raise CorruptFileError(f"onnxruntime cannot load the model ({msg})", path=os.fspath(onnx_path)) from None
 
 
@@ -452,7 +448,7 @@ def run_parity(
                 raw = model(*[torch.from_numpy(feed[name]) for name, _, _ in plan])
         except (RuntimeError, ValueError, IndexError, TypeError) as e:
             shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feed.items())
-            raise InputShapeError(f"the torch model cannot take inputs of shape {shapes}: {_first_line(e)}") from None
+            raise InputShapeError(f"the torch model cannot take inputs of shape {shapes}: {first_line(e)}") from None
         touts = [o.detach().float().numpy() if o.dtype.is_floating_point else o.numpy() for o in _torch_outputs(raw)]
         t_torch += time.perf_counter() - t
         if len(touts) != len(out_names):
@@ -466,7 +462,7 @@ def run_parity(
             oouts = sess.run(None, feed)
         except Exception as e:
             raise InputShapeError(
-                f"onnxruntime cannot run inputs of shape {plan_shapes(feed)}: {_first_line(e)}"
+                f"onnxruntime cannot run inputs of shape {plan_shapes(feed)}: {first_line(e)}"
             ) from None
         t_onnx += time.perf_counter() - t
         for i in range(len(out_names)):
@@ -499,11 +495,6 @@ def plan_shapes(feed: dict[str, np.ndarray]) -> str:
     return ", ".join(f"{k} {list(v.shape)}" for k, v in feed.items())
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:400]
-
-
 def load_reference(
     ck: Any,
     arch: str,
@@ -514,7 +505,7 @@ def load_reference(
 ) -> tuple[Any, Any]:
     """The torch model to compare with (and check's report): the whole model, or with ``features_only`` its
     ``features`` sub-module, from a whole-model checkpoint or a backbone-only one."""
-    from .runtime import WeightsMismatchError, load_checked
+    from .runtime import load_checked
 
     if not features_only:
         return load_checked(ck, arch, num_classes=num_classes, arch_args=arch_args)

@@ -86,11 +86,13 @@ from collections.abc import Iterable  # noqa: E402
 
 from . import dtypes  # noqa: E402
 from .checkpoint import Checkpoint, StorageInfo, TensorInfo  # noqa: E402
-from .errors import CkptError, CorruptFileError, KeyNotFoundError, UsageError  # noqa: E402
-
-
-class WeightsMismatchError(CkptError):
-    """The checkpoint does not load strictly into the architecture (exit 2); the message carries check's findings."""
+from .errors import (  # noqa: E402
+    CorruptFileError,
+    KeyNotFoundError,
+    UsageError,
+    WeightsMismatchError,
+    first_line,
+)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -281,9 +283,8 @@ def load_checked(
         else:
             module.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsMismatchError(
-            f"the weights do not load into {report.arch or arch}: {first}", path=ck.path
+            f"the weights do not load into {report.arch or arch}: {first_line(e, 10**6)}", path=ck.path
         ) from None
     if on_meta:
         left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]

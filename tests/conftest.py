@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from ckptool.cli.app import app
 
+pytest_plugins = ["cli.clihelp"]  # the CLI fixtures: tty, pipeline, brackets
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 

@@ -55,8 +55,15 @@ def test_cli_plain(cli) -> None:
     assert r.exit_code == 0
     lines = r.stdout.splitlines()
     assert len(lines) == 1000
-    assert lines[0] == "  0  tench"
-    assert lines[999] == "999  toilet tissue"
+    assert lines[0] == "tench"
+    assert lines[999] == "toilet tissue"
+
+
+def test_cli_output_is_a_labels_file(cli, tmp_path: Path) -> None:
+    """`ckptool labels > f` writes what `predict --labels f` reads: line i is class i."""
+    f = tmp_path / "names.txt"
+    f.write_text(cli("labels").stdout)
+    assert read_labels(f) == imagenet_labels()
 
 
 def test_cli_json(cli) -> None:

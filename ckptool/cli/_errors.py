@@ -1,12 +1,19 @@
 """The one place that maps exceptions to messages and exit codes.
 
-0 ok; 1 findings (the command says so itself); 2 errors: a CkptError, bad usage, or anything unexpected.
-No traceback is ever shown unless CKPTOOL_DEBUG=1.
+- 0: the command did its job and found nothing wrong.
+- 1: findings (:class:`~ckptool.errors.FindingsError`: incompatible, parity failed, unsafe, different). The
+  command has already shown its result; nothing more is printed.
+- 2: errors: any other :class:`~ckptool.errors.CkptError`, bad usage, an OS error, or anything unexpected.
+  One line ``ckptool: error: ...`` on stderr and, under ``--json``, one JSON object on stdout:
+  ``{"error": {"type", "message", "path", "hint"}}``.
+- 130: interrupted.
+
+A closed stdout (``| head -1``) never changes the code: the output object drops later writes and the
+command runs to its own result. No traceback is ever shown unless CKPTOOL_DEBUG=1.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import traceback
@@ -17,10 +24,13 @@ from typer.core import TyperGroup
 
 try:  # typer >= 0.2x vendors its own click
     from typer._click import ClickException, Context
+    from typer._click.exceptions import UsageError as ClickUsageError
 except ImportError:  # pragma: no cover - older typer on the real click
     from click import ClickException, Context  # type: ignore[assignment,no-redef]
+    from click import UsageError as ClickUsageError  # type: ignore[assignment,no-redef]
 
-from ..errors import CkptError
+from ..errors import CkptError, FindingsError
+from . import _output
 
 
 def debug() -> bool:
@@ -28,45 +38,91 @@ def debug() -> bool:
 
 
 def error_line(text: str) -> None:
-    sys.stderr.write(f"ckptool: error: {text}\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(f"ckptool: error: {text}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def error_object(
+    type_: str, message: str, path: str | None = None, hint: str | None = None
+) -> dict[str, dict[str, str | None]]:
+    """The ``--json`` form of an error (exit 2)."""
+    return {"error": {"type": type_, "message": message, "path": path, "hint": hint}}
+
+
+def _json_wanted(ctx: Context) -> bool:
+    out = _output.current()
+    if out is not None:
+        return out.mode == "json"
+    return bool(ctx.meta.get("ckptool.json"))
+
+
+def _fail(ctx: Context, line: str, obj: dict[str, Any], code: int = 2) -> typer.Exit:
+    error_line(line)
+    out = _output.current()
+    if _json_wanted(ctx) and (out is None or not out.json_written):
+        writer = out if out is not None else _output.Output(json_mode=True)
+        writer.json(obj)
+        writer.flush()
+    return typer.Exit(code)
 
 
 class CkptGroup(TyperGroup):
     """The CLI group: runs a command and turns whatever it raises into one line on stderr and an exit code."""
 
     def invoke(self, ctx: Context) -> Any:
+        _output.reset()
+        # before the command parses its options (a usage error there still answers in JSON)
+        args = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        ctx.meta["ckptool.json"] = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
         try:
             return super().invoke(ctx)
-        except (ClickException, typer.Exit, typer.Abort):
+        except FindingsError:
+            raise typer.Exit(1) from None
+        except typer.Exit:
+            raise
+        except ClickUsageError as e:
+            if not _json_wanted(ctx):
+                raise
+            e.show()
+            out = _output.Output(json_mode=True)
+            out.json(error_object("UsageError", e.format_message()))
+            out.flush()
+            raise typer.Exit(2) from None
+        except (ClickException, typer.Abort):
             raise
         except CkptError as e:
             if debug():
                 traceback.print_exc()
-            error_line(e.render())
-            raise typer.Exit(e.exit_code) from None
+            raise _fail(ctx, e.render(), error_object(type(e).__name__, e.message, e.path, e.hint)) from None
         except KeyboardInterrupt:
             error_line("interrupted")
             raise typer.Exit(130) from None
         except BrokenPipeError:
-            # stdout was closed early (| head): not an error of ours
-            with contextlib.suppress(OSError):
-                sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-            raise typer.Exit(0) from None
-        except MemoryError:
-            error_line("out of memory")
+            # a write that bypassed the output object met a closed stdout: the command did not finish
+            (_output.current() or _output.Output())._broke()
             raise typer.Exit(2) from None
+        except MemoryError:
+            raise _fail(ctx, "out of memory", error_object("MemoryError", "out of memory")) from None
         except OSError as e:
             if debug():
                 traceback.print_exc()
-            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-            error_line(f"{where}{e.strerror or e}")
-            raise typer.Exit(2) from None
+            path = os.fspath(e.filename) if getattr(e, "filename", None) else None
+            where = f"{path}: " if path else ""
+            msg = str(e.strerror or e)
+            raise _fail(ctx, f"{where}{msg}", error_object(type(e).__name__, msg, path)) from None
         except Exception as e:  # the last line of defence: no traceback for users
             if debug():
                 raise
-            error_line(
-                f"internal error ({type(e).__name__}: {e}); this is a bug in ckptool, "
-                "rerun with CKPTOOL_DEBUG=1 for a traceback"
-            )
-            raise typer.Exit(2) from None
+            msg = f"internal error ({type(e).__name__}: {e}); this is a bug in ckptool"
+            raise _fail(
+                ctx,
+                f"{msg}, rerun with CKPTOOL_DEBUG=1 for a traceback",
+                error_object("InternalError", msg, hint="rerun with CKPTOOL_DEBUG=1 for a traceback"),
+            ) from None
+        finally:
+            last = _output.current()
+            if last is not None:
+                last.flush()

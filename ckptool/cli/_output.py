@@ -1,38 +1,362 @@
-"""Rendering helpers: rich on a terminal, plain text when piped, JSON on request. Results go to stdout,
-diagnostics to stderr."""
+"""The one output object of a command (modelled on huggingface_hub's ``hf`` CLI).
+
+Its mode is chosen once per invocation, by :func:`start`:
+
+- ``rich``: stdout is a terminal. Tables, bold keys, colours, through rich.
+- ``plain``: stdout is piped or redirected. Aligned plain text, no escape codes, no wrapping.
+- ``json``: ``--json`` was given. One strict JSON object on stdout (:meth:`Output.json`).
+
+Nothing from a file is ever markup: every value reaches rich as a :class:`rich.text.Text` (never parsed
+for ``[style]`` tags, emoji codes or highlighting), on consoles made with ``markup=False, highlight=False,
+emoji=False``. Diagnostics (warnings, errors, progress) go to stderr, errors and warnings as plain text.
+
+Strict JSON: non-finite floats cannot be written as JSON numbers. Every command's ``--json`` output encodes
+them in one way, here in :func:`encode_json`: as the strings ``"inf"``, ``"-inf"`` and ``"nan"`` (the JSON
+Schemas in ``docs/schemas/`` say so wherever a number may be non-finite), then ``json.dumps(allow_nan=False)``.
+
+A closed stdout (``| head -1``) never changes the exit code: writes after the reader has gone are dropped
+and the command runs to its own result (0, 1 findings, 2 error).
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+Mode = Literal["rich", "plain", "json"]
+Part = str | tuple[str, str]  # a piece of a line: text, or (text, rich style)
+
+PLAIN_MAX_COL = 60  # plain tables: a longer cell is written whole, without widening every other row
 
 
-def is_tty() -> bool:
+def _isatty(f: Any) -> bool:
     try:
-        return sys.stdout.isatty()
+        return bool(f.isatty())
     except (AttributeError, ValueError):
         return False
 
 
 def stderr_is_tty() -> bool:
+    return _isatty(sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------
+# strict JSON
+# ---------------------------------------------------------------------------------------------------
+NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def finite_json(o: Any) -> Any:
+    """``o`` with every non-finite float replaced by ``"inf"`` / ``"-inf"`` / ``"nan"`` (recursively;
+    objects with ``to_dict()`` are converted first, numpy scalars become Python numbers)."""
+    if isinstance(o, bool) or o is None or isinstance(o, (int, str)):
+        return o
+    if isinstance(o, float):
+        if math.isfinite(o):
+            return o
+        return "nan" if math.isnan(o) else ("inf" if o > 0 else "-inf")
+    if isinstance(o, dict):
+        return {str(k): finite_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, set, frozenset)):
+        return [finite_json(v) for v in o]
+    if hasattr(o, "to_dict"):
+        return finite_json(o.to_dict())
+    if type(o).__module__ == "numpy" and hasattr(o, "item"):
+        return finite_json(o.item())
+    if isinstance(o, os.PathLike):
+        return os.fspath(o)
+    return str(o)
+
+
+def encode_json(obj: Any) -> str:
+    """The one JSON encoder of the CLI: strict (no NaN / Infinity tokens), UTF-8 text, one line."""
+    return json.dumps(finite_json(obj), ensure_ascii=False, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# human formats
+# ---------------------------------------------------------------------------------------------------
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def human_count(n: int) -> str:
+    return f"{n:,}"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 sample``, ``2 samples``."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def dims(shape: Sequence[Any]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+# ---------------------------------------------------------------------------------------------------
+# the output object
+# ---------------------------------------------------------------------------------------------------
+class Output:
+    """Everything a command shows. Make it with :func:`start` (once per invocation)."""
+
+    def __init__(self, json_mode: bool = False, *, file: Any = None, err: Any = None):
+        self.file = file if file is not None else sys.stdout
+        self.err = err if err is not None else sys.stderr
+        self.mode: Mode = "json" if json_mode else ("rich" if _isatty(self.file) else "plain")
+        self.err_tty = _isatty(self.err)
+        self.broken = False  # the reader of stdout went away: later writes are dropped
+        self._console: Any = None
+        self.json_written = False
+
+    # -- the low level: every byte to stdout passes here -------------------------------------------------
+    def _write(self, text: str) -> None:
+        if self.broken:
+            return
+        try:
+            self.file.write(text)
+        except BrokenPipeError:
+            self._broke()
+
+    def _broke(self) -> None:
+        self.broken = True
+        try:  # later writes (and the interpreter's final flush) go nowhere
+            fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, self.file.fileno())
+            os.close(fd)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def flush(self) -> None:
+        if self.broken:
+            return
+        try:
+            self.file.flush()
+        except BrokenPipeError:
+            self._broke()
+        except (OSError, ValueError):
+            pass
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(
+                file=_Guard(self),  # type: ignore[arg-type]
+                markup=False, highlight=False, emoji=False, force_terminal=True,
+                width=_width(self.file),
+            )  # fmt: skip
+        return self._console
+
+    @property
+    def rich(self) -> bool:
+        return self.mode == "rich"
+
+    @staticmethod
+    def text(*parts: Part) -> Any:
+        """A rich Text from plain strings and (string, style) pairs; nothing in them is markup."""
+        from rich.text import Text
+
+        t = Text()
+        for p in parts:
+            if isinstance(p, tuple):
+                t.append(p[0], style=p[1])
+            else:
+                t.append(p)
+        return t
+
+    # -- lines ----------------------------------------------------------------------------------------
+    def line(self, *parts: Part) -> None:
+        """One line of human output (nothing in JSON mode)."""
+        if self.mode == "json":
+            return
+        if self.rich:
+            self.console.print(self.text(*parts), soft_wrap=True)
+        else:
+            self._write("".join(p[0] if isinstance(p, tuple) else p for p in parts) + "\n")
+
+    def raw(self, text: str) -> None:
+        """A line that is data, for any mode but JSON: written as it is (e.g. ``labels``, ``inspect --plain``)."""
+        self._write(text + "\n")
+
+    def blank(self) -> None:
+        self.line("")
+
+    def kv(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Summary lines ``key: value`` (the key in bold on a terminal)."""
+        for k, v in pairs:
+            self.line((f"{k}:", "bold"), f" {v}")
+
+    def table(
+        self,
+        headers: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        *,
+        title: str | None = None,
+        right: Sequence[int] = (),
+        footer: Sequence[str] = (),
+        fold: Sequence[int] = (0,),
+    ) -> None:
+        """A table: rich on a terminal (the ``fold`` columns, names, fold to fit its width; the others stay on
+        one line), aligned plain text otherwise (a cell over :data:`PLAIN_MAX_COL` characters does not widen
+        the column for every row)."""
+        if self.mode == "json":
+            return
+        cells = [[("" if c is None else str(c)) for c in r] for r in rows]
+        if self.rich:
+            from rich.table import Table
+
+            t = Table(
+                title=self.text(title) if title else None, title_justify="left", header_style="bold",
+                show_lines=False,
+            )  # fmt: skip
+            for i, h in enumerate(headers):
+                t.add_column(
+                    self.text(h), justify="right" if i in right else "left", no_wrap=i not in fold, overflow="fold"
+                )
+            for r in cells:
+                t.add_row(*(self.text(c) for c in r))
+            self.console.print(t)
+            for line in footer:
+                self.line(line)
+            return
+        if title:
+            self.line(title)
+        widths = [len(h) for h in headers]
+        for r in cells:
+            for i, c in enumerate(r):
+                if len(c) <= PLAIN_MAX_COL:
+                    widths[i] = max(widths[i], len(c))
+
+        def fmt(r: Sequence[str]) -> str:
+            out = []
+            for i, c in enumerate(r):
+                if i == len(r) - 1 and i not in right:
+                    out.append(c)
+                else:
+                    out.append(c.rjust(widths[i]) if i in right else c.ljust(widths[i]))
+            return "  ".join(out).rstrip()
+
+        self.line(fmt(list(headers)))
+        for r in cells:
+            self.line(fmt(r))
+        for line in footer:
+            self.line(line)
+
+    # -- JSON -----------------------------------------------------------------------------------------
+    def json(self, obj: Any) -> None:
+        """The one JSON object of a ``--json`` run (see :func:`encode_json`)."""
+        self.json_written = True
+        self._write(encode_json(obj) + "\n")
+
+    # -- stderr ---------------------------------------------------------------------------------------
+    def _err(self, text: str) -> None:
+        try:
+            self.err.write(text + "\n")
+            self.err.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+
+    def warn(self, text: str) -> None:
+        self._err(f"ckptool: warning: {text}")
+
+    def error(self, text: str) -> None:
+        self._err(f"ckptool: error: {text}")
+
+    # -- progress (stderr, terminal only, transient) -------------------------------------------------------
+    def progress(self, label: str, delay: float = 1.0) -> ProgressBar:
+        return ProgressBar(label, delay=delay, tty=self.err_tty)
+
+    @contextmanager
+    def status(self, text: str) -> Iterator[Status]:
+        """A transient spinner with the current step on stderr (terminal only); update it by calling it."""
+        s = Status(text, tty=self.err_tty)
+        try:
+            yield s
+        finally:
+            s.close()
+
+
+class _Guard:
+    """The file rich writes to: stdout, with the closed-pipe handling of :class:`Output`."""
+
+    def __init__(self, out: Output):
+        self.out = out
+
+    def write(self, text: str) -> int:
+        self.out._write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return int(self.out.file.fileno())
+
+
+def _width(f: Any) -> int | None:
+    """The terminal's width (COLUMNS wins, as rich does); None lets rich decide."""
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
     try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
+        cols = os.get_terminal_size(f.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return None
+    return cols if cols > 0 else None  # a pseudo-terminal nobody sized says 0: rich's default (80)
+
+
+def _err_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, markup=False, highlight=False, emoji=False)
+
+
+class Status:
+    """The current step as a spinner on stderr (terminal only)."""
+
+    def __init__(self, text: str = "", *, tty: bool | None = None):
+        self.status: Any = None
+        if stderr_is_tty() if tty is None else tty:
+            from rich.text import Text
+
+            self.status = _err_console().status(Text(text))
+            self.status.start()
+
+    def __call__(self, phase: str) -> None:
+        if self.status is not None:
+            from rich.text import Text
+
+            self.status.update(Text(phase + " ..."))
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
 
 
 class ProgressBar:
     """A ``progress(done, total)`` callback that shows a rich bar on stderr, only on a terminal and only once
     the work has taken ``delay`` seconds. Use it as a context manager (or call ``close()``)."""
 
-    def __init__(self, label: str, delay: float = 1.0):
+    def __init__(self, label: str, delay: float = 1.0, *, tty: bool | None = None):
         self.label = label
         self.delay = delay
         self.t0 = time.monotonic()
-        self.tty = stderr_is_tty()
+        self.tty = stderr_is_tty() if tty is None else tty
         self.progress: Any = None
         self.task: Any = None
 
@@ -42,12 +366,11 @@ class ProgressBar:
         if self.progress is None:
             if time.monotonic() - self.t0 < self.delay or done >= total:
                 return
-            from rich.console import Console
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                console=Console(stderr=True), transient=True,
+                TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                console=_err_console(), transient=True,
             )  # fmt: skip
             self.progress.start()
             self.task = self.progress.add_task(self.label, total=total)
@@ -65,93 +388,23 @@ class ProgressBar:
         self.close()
 
 
-def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=None, ensure_ascii=False, default=_default) + "\n")
+# ---------------------------------------------------------------------------------------------------
+# one per invocation
+# ---------------------------------------------------------------------------------------------------
+_current: Output | None = None
 
 
-def _default(o: Any) -> Any:
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    if isinstance(o, (set, frozenset, tuple)):
-        return list(o)
-    return str(o)
+def start(json_mode: bool = False) -> Output:
+    """The output object of this invocation (commands call it first, with their ``--json``)."""
+    global _current
+    _current = Output(json_mode)
+    return _current
 
 
-def out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
+def current() -> Output | None:
+    return _current
 
 
-def info(text: str) -> None:
-    """A diagnostic for a person: stderr."""
-    sys.stderr.write(text + "\n")
-
-
-def warn(text: str) -> None:
-    sys.stderr.write(f"ckptool: warning: {text}\n")
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"  # pragma: no cover
-
-
-def human_count(n: int) -> str:
-    return f"{n:,}"
-
-
-def table(
-    headers: Sequence[str],
-    rows: Sequence[Sequence[Any]],
-    *,
-    title: str | None = None,
-    right: Sequence[int] = (),
-    footer: Sequence[str] = (),
-) -> None:
-    """A table on stdout: rich on a terminal, aligned plain text otherwise."""
-    cells = [[("" if c is None else str(c)) for c in r] for r in rows]
-    if is_tty():
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(title=title, title_justify="left", show_lines=False, header_style="bold")
-        for i, h in enumerate(headers):
-            # keep numbers and shapes on one line; only the first column (names) may fold
-            t.add_column(h, justify="right" if i in right else "left", no_wrap=i != 0, overflow="fold")
-        for r in cells:
-            t.add_row(*r)
-        con = Console()
-        con.print(t)
-        for line in footer:
-            con.print(line, highlight=False)
-        return
-    if title:
-        out(title)
-    widths = [len(h) for h in headers]
-    for r in cells:
-        for i, c in enumerate(r):
-            widths[i] = max(widths[i], len(c))
-
-    def fmt(r: Sequence[str]) -> str:
-        return "  ".join(c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(r)).rstrip()
-
-    out(fmt(list(headers)))
-    for r in cells:
-        out(fmt(r))
-    for line in footer:
-        out(line)
-
-
-def kv_lines(pairs: Sequence[tuple[str, str]]) -> None:
-    """Summary lines 'key: value' (rich-styled on a terminal)."""
-    if is_tty():
-        from rich.console import Console
-
-        con = Console()
-        for k, v in pairs:
-            con.print(f"[bold]{k}:[/bold] {v}", highlight=False)
-        return
-    for k, v in pairs:
-        out(f"{k}: {v}")
+def reset() -> None:
+    global _current
+    _current = None

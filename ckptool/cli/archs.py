@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._options import JsonOpt
-from ._output import human_count, out, print_json, table
+from ._output import human_count, start
 
 OTHER = (
     "any other model: --arch module.path:callable (e.g. mypkg.nets:ONet), with --arch-arg key=value for its constructor"
@@ -14,10 +14,11 @@ def archs(json_: JsonOpt = False) -> None:
     """List the registry architectures (torchvision's VGG family, described as data)."""
     from ..arch.registry import describe, torchvision_available
 
+    o = start(json_)
     infos = describe()
     tv = torchvision_available()
     if json_:
-        print_json(
+        o.json(
             {
                 "archs": [i.to_dict() for i in infos],
                 "custom": "module.path:callable",
@@ -30,10 +31,10 @@ def archs(json_: JsonOpt = False) -> None:
          ", ".join(f"{k} {v}" for k, v in i.modules.items()))
         for i in infos
     ]  # fmt: skip
-    table(["name", "config", "BN", "weight layers", "params", "modules"], rows, right=(3, 4))
-    out()
-    out(OTHER)
-    out(
+    o.table(["name", "config", "BN", "weight layers", "params", "modules"], rows, right=(3, 4), fold=(5,))
+    o.blank()
+    o.line(OTHER)
+    o.line(
         "torchvision:<builder> (e.g. torchvision:resnet18): "
         + ("available, torchvision is installed" if tv else "needs torchvision, which is not installed here")
     )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import typer
-
+from ..errors import FindingsError
 from ._options import AllowGlobalOpt, ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt, PartOpt, PathArg
-from ._output import kv_lines, out, print_json, table
+from ._output import Output, start
 
 if TYPE_CHECKING:
     from ..compat import CompatReport
@@ -15,12 +14,12 @@ if TYPE_CHECKING:
 LIST_MAX = 20
 
 
-def _listing(title: str, items: list[str]) -> None:
-    out(f"{title} ({len(items)}):")
+def _listing(o: Output, title: str, items: list[str]) -> None:
+    o.line(f"{title} ({len(items)}):")
     for k in items[:LIST_MAX]:
-        out(f"  {k}")
+        o.line(f"  {k}")
     if len(items) > LIST_MAX:
-        out(f"  ... and {len(items) - LIST_MAX} more (--json lists them all)")
+        o.line(f"  ... and {len(items) - LIST_MAX} more (--json lists them all)")
 
 
 def _candidate(c: dict) -> str:
@@ -29,7 +28,7 @@ def _candidate(c: dict) -> str:
     return f"{c['arch']}{classes} {c['score']:.3f}"
 
 
-def render(r: CompatReport) -> None:
+def render(o: Output, r: CompatReport) -> None:
     if r.arch is None:
         verdict = "no known architecture matches"
     else:
@@ -37,7 +36,7 @@ def render(r: CompatReport) -> None:
         if r.num_classes not in (None, 1000) and r.spec is not None and r.spec.source != "custom":
             target += f" with {r.num_classes} classes"
         verdict = ("compatible with " if r.compatible else "NOT compatible with ") + target
-    out(f"{r.path}: {verdict}")
+    o.line(f"{r.path}: ", (verdict, "green" if r.compatible else "bold red"))
     pairs: list[tuple[str, str]] = []
     if r.arch is not None:
         how = f"identified from the weights, score {r.score:.3f}" if r.requested == "auto" else "as requested"
@@ -48,23 +47,23 @@ def render(r: CompatReport) -> None:
     if r.prefix:
         pairs.append(("prefix", f"{r.prefix} (stripped)"))
     if pairs:
-        kv_lines(pairs)
+        o.kv(pairs)
     if r.missing:
-        _listing("missing", r.missing)
+        _listing(o, "missing", r.missing)
     if r.unexpected:
-        _listing("unexpected", r.unexpected)
+        _listing(o, "unexpected", r.unexpected)
     if r.mismatched:
-        out(f"mismatched ({len(r.mismatched)}):")
+        o.line(f"mismatched ({len(r.mismatched)}):")
         rows = [(d["key"], str(d["expected"]), str(d["found"])) for d in r.mismatched[:LIST_MAX]]
-        table(["key", "expected", "found"], rows)
+        o.table(["key", "expected", "found"], rows)
         if len(r.mismatched) > LIST_MAX:
-            out(f"... and {len(r.mismatched) - LIST_MAX} more (--json lists them all)")
+            o.line(f"... and {len(r.mismatched) - LIST_MAX} more (--json lists them all)")
     for f in r.findings:
-        out(f"finding: {f}")
+        o.line(f"finding: {f}")
     for n in r.dtype_notes:
-        out(f"note: {n}")
+        o.line(f"note: {n}")
     if r.candidates and (r.requested == "auto" or r.candidates[0]["score"] >= 0.5):
-        out("candidates: " + ", ".join(_candidate(c) for c in r.candidates))
+        o.line("candidates: " + ", ".join(_candidate(c) for c in r.candidates))
 
 
 def check(
@@ -86,12 +85,13 @@ def check(
     from ..compat import check as check_compat
     from ..formats import open_checkpoint
 
+    o = start(json_)
     args = parse_arch_args(arch_arg)
     ck = open_checkpoint(path, key=key)
     report = check_compat(ck, arch or "auto", num_classes=num_classes, part=part, arch_args=args or None)
     if json_:
-        print_json(report.to_dict())
+        o.json(report.to_dict())
     else:
-        render(report)
+        render(o, report)
     if not report.compatible:
-        raise typer.Exit(1)
+        raise FindingsError("not compatible" if report.arch else "no known architecture matches", path=path)

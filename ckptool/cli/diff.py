@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..errors import FindingsError, UsageError
 from ._options import AllowGlobalOpt, JsonOpt
-from ._output import ProgressBar, human_bytes, kv_lines, out, print_json, table, warn
+from ._output import Output, dims, human_bytes, start
 
 if TYPE_CHECKING:
     from ..diff import DiffReport
@@ -65,18 +66,18 @@ def _fmt_diff(x: float | None) -> str:
     return f"{x:.6g}"
 
 
-def _names(title: str, names: list[str], show_all: bool) -> None:
-    out(f"{title} ({len(names)}):")
+def _names(o: Output, title: str, names: list[str], show_all: bool) -> None:
+    o.line(f"{title} ({len(names)}):")
     shown = names if show_all else names[:SHOW]
     for n in shown:
-        out(f"  {n}")
+        o.line(f"  {n}")
     if len(names) > len(shown):
-        out(f"  ... and {len(names) - len(shown)} more (--all lists them)")
+        o.line(f"  ... and {len(names) - len(shown)} more (--all lists them)")
 
 
-def _render(r: DiffReport, show_all: bool) -> None:
+def _render(o: Output, r: DiffReport, show_all: bool) -> None:
     c = r.counts
-    kv_lines(
+    o.kv(
         [
             (
                 "A",
@@ -90,35 +91,35 @@ def _render(r: DiffReport, show_all: bool) -> None:
         ]
     )
     for n in r.notes:
-        out(f"note: {n}")
+        o.line(f"note: {n}")
     if r.only_in_a:
-        out()
-        _names("only in A", r.only_in_a, show_all)
+        o.blank()
+        _names(o, "only in A", r.only_in_a, show_all)
     if r.only_in_b:
-        out()
-        _names("only in B", r.only_in_b, show_all)
+        o.blank()
+        _names(o, "only in B", r.only_in_b, show_all)
     rows_src = r.tensors if show_all else r.differences()
     if rows_src:
-        out()
+        o.blank()
         rows = []
         for t in rows_src[: None if show_all else 200]:
-            shape = "[" + ", ".join(map(str, t.shape_a)) + "]"
+            shape = dims(t.shape_a)
             if t.shape_b != t.shape_a:
-                shape += " vs [" + ", ".join(map(str, t.shape_b)) + "]"
+                shape += " vs " + dims(t.shape_b)
             dtype = t.dtype_a if t.dtype_a == t.dtype_b else f"{t.dtype_a} vs {t.dtype_b}"
             mis = "-" if t.mismatched is None else f"{t.mismatched:,} of {t.numel:,}"
             name = t.name if t.name_b == t.name else f"{t.name} ~ {t.name_b}"
             rows.append((name, t.status, shape, dtype, _fmt_diff(t.max_abs_diff), mis))
-        table(["tensor", "status", "shape", "dtype", "max abs diff", "elements differing"], rows, right=(4, 5))
+        o.table(["tensor", "status", "shape", "dtype", "max abs diff", "elements differing"], rows, right=(4, 5))
         if not show_all and len(rows_src) > 200:
-            out(f"... and {len(rows_src) - 200} more differing tensors (--json has them all)")
-    out()
+            o.line(f"... and {len(rows_src) - 200} more differing tensors (--json has them all)")
+    o.blank()
     tol = "bit-identical" if r.atol == 0 else f"within atol {r.atol:g}"
     counts = ", ".join(f"{v} {k}" for k, v in c.items() if v)
     if r.identical:
-        out(f"identical: all {len(r.tensors)} tensors {tol}" + (f" ({counts})" if c["close"] else ""))
+        o.line(f"identical: all {len(r.tensors)} tensors {tol}" + (f" ({counts})" if c["close"] else ""))
     elif r.no_common_names:
-        out("different: no tensor names in common, nothing was compared")
+        o.line("different: no tensor names in common, nothing was compared")
     else:
         parts = [counts] if counts else []
         if r.only_in_a:
@@ -126,7 +127,7 @@ def _render(r: DiffReport, show_all: bool) -> None:
         if r.only_in_b:
             parts.append(f"{len(r.only_in_b)} only in B")
         mx = r.max_abs_diff
-        out(f"different ({tol} required): " + "; ".join(parts) + (f"; max abs diff {_fmt_diff(mx)}" if mx else ""))
+        o.line(f"different ({tol} required): " + "; ".join(parts) + (f"; max abs diff {_fmt_diff(mx)}" if mx else ""))
 
 
 def diff(
@@ -147,16 +148,20 @@ def diff(
     from ..diff import diff as run_diff
     from ..formats import open_checkpoint
 
+    o = start(json_)
     ca = open_checkpoint(a, key=key_a if key_a is not None else _key_for(a, key))
     with ca:
         cb = open_checkpoint(b, key=key_b if key_b is not None else _key_for(b, key))
-        with cb, ProgressBar("comparing") as bar:
+        with cb, o.progress("comparing") as bar:
             report = run_diff(ca, cb, atol=atol, only=only, exclude=exclude, progress=bar)
+    if (only or exclude) and not report.tensors and not report.only_in_a and not report.only_in_b:
+        given = " ".join([*(f"--only {g!r}" for g in only or []), *(f"--exclude {g!r}" for g in exclude or [])])
+        raise UsageError(f"{given} selects no tensor of either file", hint="ckptool inspect lists the names")
     if json_:
-        print_json(report.to_dict())
+        o.json(report.to_dict())
     else:
-        _render(report, show_all)
+        _render(o, report, show_all)
     if report.no_common_names and not json_:
-        warn(report.notes[-1])
+        o.warn(report.notes[-1])
     if not report.identical:
-        raise typer.Exit(1)
+        raise FindingsError("the files differ", path=a)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import UsageError
+from ..errors import FindingsError, UsageError
 from ._options import (
     AllowGlobalOpt,
     ArchArgOpt,
@@ -22,7 +22,7 @@ from ._options import (
     RtolOpt,
     StolOpt,
 )
-from ._output import ProgressBar, human_bytes, kv_lines, out, print_json, stderr_is_tty
+from ._output import Output, dims, human_bytes, start
 
 SafetensorsOpt = Annotated[
     Path | None,
@@ -59,27 +59,6 @@ ONNX_ONLY = ("--arch", "--num-classes", "--arch-arg", "--input-shape", "--opset"
              "--atol", "--rtol", "--stol")  # fmt: skip
 
 
-class _Status:
-    """The current ONNX export step as a spinner on stderr (terminal only)."""
-
-    def __init__(self) -> None:
-        self.status: Any = None
-        if stderr_is_tty():
-            from rich.console import Console
-
-            self.status = Console(stderr=True).status("")
-            self.status.start()
-
-    def __call__(self, phase: str) -> None:
-        if self.status is not None:
-            self.status.update(phase + " ...")
-
-    def close(self) -> None:
-        if self.status is not None:
-            self.status.stop()
-            self.status = None
-
-
 def export(
     path: PathArg,
     safetensors: SafetensorsOpt = None,
@@ -104,6 +83,7 @@ def export(
     """Convert a checkpoint: --safetensors OUT or --pth OUT (streamed, bit-exact, torch-free), or --onnx OUT
     --arch NAME (exported, checked with onnx.checker, verified against torch). Exit 0 done, 1 parity failed,
     2 error; no partial output file, ever."""
+    o = start(json_)
     targets = [(n, p) for n, p in (("safetensors", safetensors), ("pth", pth), ("onnx", onnx)) if p is not None]
     if len(targets) != 1:
         raise UsageError(
@@ -116,12 +96,10 @@ def export(
                  features_only or None, external_data or None, atol, rtol, stol), strict=True) if v]  # fmt: skip
         if given:
             raise UsageError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to --onnx")
-        _export_tensors(path, kind, target, key=key, force=force, verify=not no_verify, json_=json_)
+        _export_tensors(o, path, kind, target, key=key, force=force, verify=not no_verify)
         return
-    if not arch:
-        raise UsageError("--onnx needs --arch (a registry name such as vgg16_bn, module.path:callable, or auto)")
     _export_onnx(
-        path, target, key=key, arch=arch, num_classes=num_classes, arch_arg=arch_arg, input_shape=input_shape,
+        o, path, target, key=key, arch=arch or "auto", num_classes=num_classes, arch_arg=arch_arg, input_shape=input_shape,
         opset=opset, features_only=features_only, external_data=external_data, verify=not no_verify, atol=atol,
         rtol=rtol, stol=stol, force=force, json_=json_,
     )  # fmt: skip
@@ -130,13 +108,24 @@ def export(
 # ---------------------------------------------------------------------------------------------------
 # safetensors / pth
 # ---------------------------------------------------------------------------------------------------
+SUFFIXES = {"safetensors": (".safetensors",), "pth": (".pth", ".pt", ".bin", ".ckpt", ".tar")}
+
+
 def _export_tensors(
-    path: Path, kind: str, target: Path, *, key: str | None, force: bool, verify: bool, json_: bool
+    o: Output, path: Path, kind: str, target: Path, *, key: str | None, force: bool, verify: bool
 ) -> None:
     from ..formats import open_checkpoint
 
+    suffix = target.suffix.lower()
+    others = [k for k, sfx in SUFFIXES.items() if k != kind and suffix in sfx]
+    if others:
+        o.warn(
+            f"{target}: --{kind} writes {'safetensors' if kind == 'safetensors' else 'a torch zip'}, but the suffix "
+            f"{target.suffix} says {others[0]}; tools that go by the name will misread it (use --{others[0]} or "
+            f"rename it)"
+        )
     ck = open_checkpoint(path, key=key)
-    bar = ProgressBar(f"{kind} {target.name}")
+    bar = o.progress(f"{kind} {target.name}")
     try:
         if kind == "safetensors":
             from ..convert.safetensors_writer import export_safetensors
@@ -149,11 +138,11 @@ def _export_tensors(
     finally:
         bar.close()
         ck.close()
-    if json_:
-        print_json(r.to_dict())
+    if o.mode == "json":
+        o.json(r.to_dict())
         return
     fmt = "safetensors" if kind == "safetensors" else "torch zip"
-    out(f"wrote {r.out} ({fmt}): {r.tensors} tensors, {human_bytes(r.bytes)} of tensor data")
+    o.line(f"wrote {r.out} ({fmt}): {r.tensors} tensors, {human_bytes(r.bytes)} of tensor data")
     pairs = [
         (
             "source",
@@ -168,13 +157,14 @@ def _export_tensors(
     pairs.append(("time", f"{r.seconds:.2f} s"))
     for n in r.notes:
         pairs.append(("note", n))
-    kv_lines(pairs)
+    o.kv(pairs)
 
 
 # ---------------------------------------------------------------------------------------------------
 # onnx
 # ---------------------------------------------------------------------------------------------------
 def _export_onnx(
+    o: Output,
     path: Path,
     target: Path,
     *,
@@ -200,58 +190,53 @@ def _export_onnx(
 
     shape = parse_shape(input_shape)
     args = parse_arch_args(arch_arg)
-    ck = open_checkpoint(path, key=key)
-    status = _Status()
-    try:
-        r = export_onnx(
+    with o.status("reading the checkpoint") as status:
+        ck = open_checkpoint(path, key=key)
+        try:
+            r = export_onnx(
             ck, target, arch=arch, num_classes=num_classes, arch_args=args or None, input_shape=shape,
             opset=DEFAULT_OPSET if opset is None else opset, features_only=features_only,
             external_data=external_data, verify=verify, atol=DEFAULT_ATOL if atol is None else atol,
             rtol=DEFAULT_RTOL if rtol is None else rtol, stol=DEFAULT_STOL if stol is None else stol,
             force=force, status=status,
-        )  # fmt: skip
-    finally:
-        status.close()
-        ck.close()
+            )  # fmt: skip
+        finally:
+            ck.close()
     if json_:
-        print_json(r.to_dict())
+        o.json(r.to_dict())
     else:
-        _render_onnx(r)
+        _render_onnx(o, r)
     if not r.passed:
-        raise typer.Exit(1)
+        raise FindingsError("parity failed: the ONNX model was not written", path=target)
 
 
-def _dims(shape: list[Any]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
-
-
-def _render_onnx(r: Any) -> None:
+def _render_onnx(o: Output, r: Any) -> None:
     from .parity import render_outputs
 
     if r.written:
         size = human_bytes(r.nbytes) + (
             f" + {human_bytes(r.data_nbytes)} in {Path(r.data_path).name}" if r.external_data else ""
         )
-        out(f"wrote {r.path} (ONNX opset {r.opset}, {size}{', self-contained' if not r.external_data else ''})")
+        o.line(f"wrote {r.path} (ONNX opset {r.opset}, {size}{', self-contained' if not r.external_data else ''})")
     else:
-        out(f"NOT written: {r.path} (parity failed; nothing was left behind)")
-    ins = _dims(["batch", *r.input_shape[1:]])
-    outs = ", ".join(f"{n!r} {_dims(s)}" for n, s in zip(r.output_names, r.output_shapes, strict=False))
+        o.line(("NOT written:", "bold red"), f" {r.path} (parity failed; nothing was left behind)")
+    ins = dims(["batch", *r.input_shape[1:]])
+    outs = ", ".join(f"{n!r} {dims(s)}" for n, s in zip(r.output_names, r.output_shapes, strict=False))
     pairs = [
         ("model", f"{r.arch}{' (features only)' if r.features_only else ''}: {r.input_name!r} {ins} -> {outs}"),
         ("onnx.checker", "passed (full check)" if r.checked else "not run"),
     ]
     if r.parity is None:
         pairs.append(("parity", "skipped (--no-verify)"))
-    kv_lines(pairs)
+    o.kv(pairs)
     if r.parity is not None:
-        render_outputs(r.parity)
-        out(r.parity.summary())
+        render_outputs(o, r.parity)
+        o.line((r.parity.summary(), "green" if r.parity.passed else "bold red"))
         if not r.parity.passed:
-            out(
+            o.line(
                 "the ONNX model does not compute what the checkpoint computes; rerun with --no-verify to keep it anyway"
             )
     for n in r.notes:
-        out(f"note: {n}")
+        o.line(f"note: {n}")
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in r.seconds.items())
-    out(f"time: {steps}")
+    o.line(f"time: {steps}")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ._options import AllowGlobalOpt, ForceOpt, JsonOpt, KeyOpt, PathArg
-from ._output import human_bytes, human_count, kv_lines, print_json
+from ._output import human_bytes, human_count, start
 
 PrefixOpt = Annotated[
     str,
@@ -49,12 +49,13 @@ def extract(
     """Extract the sub-state-dict under a prefix, e.g. `features` as a frozen feature extractor. Streamed and atomic."""
     from ..extract import extract as run_extract
 
+    o = start(json_)
     res = run_extract(path, prefix, output, keep_prefix=keep_prefix, force=force, key=key)
     if json_:
-        print_json(res.to_dict())
+        o.json(res.to_dict())
         return
     first_src, first_dst = next(iter(res.names.items()))
-    kv_lines(
+    o.kv(
         [
             ("wrote", f"{res.output} ({res.format})"),
             ("tensors", f"{res.tensors} of {res.tensors_in_source} under {res.prefix!r}"),

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from ._options import JsonOpt
-from ._output import out, print_json
+from ._output import start
 
 
 def labels(json_: JsonOpt = False) -> None:
-    """The 1000 ImageNet-1k class names in index order (0 tench ... 999 toilet tissue), as torchvision and timm use them."""
+    """The 1000 ImageNet-1k class names in index order, one per line (line 1 is class 0, tench).
+
+    The output is the file ``predict --labels`` reads: ``ckptool labels > names.txt``."""
     from ..labels import imagenet_labels
 
+    o = start(json_)
     names = imagenet_labels()
     if json_:
-        print_json({"labels": names})
+        o.json({"labels": names})
         return
-    for i, name in enumerate(names):
-        out(f"{i:>3}  {name}")
+    for name in names:  # one name per line, line i is class i: what predict --labels reads back
+        o.raw(name)

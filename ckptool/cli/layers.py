@@ -5,20 +5,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._options import AllowGlobalOpt, ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt, PartOpt, PathArg
-from ._output import human_count, out, print_json, table
+from ._output import Output, dims, human_count, start
 
 if TYPE_CHECKING:
     from ..layers import LayerTable
 
 
-def render(t: LayerTable) -> None:
+def render(o: Output, t: LayerTable) -> None:
     rows = [
         (
             r.module or "(root)",
             r.type,
             r.name or "",
             "" if r.weight_layer is None else r.weight_layer,
-            "" if r.shape is None else "[" + ", ".join(map(str, r.shape)) + "]",
+            "" if r.shape is None else dims(r.shape),
             human_count(r.params) if r.params else "",
         )
         for r in t.rows
@@ -30,9 +30,9 @@ def render(t: LayerTable) -> None:
         f"weight layers: {t.weight_layers}",
         f"parameters: {human_count(t.params)}",
     ]
-    table(["module", "type", "name", "#", "weight shape", "params"], rows, title=title, right=(3, 5), footer=footer)
+    o.table(["module", "type", "name", "#", "weight shape", "params"], rows, title=title, right=(3, 5), footer=footer)
     for n in t.notes:
-        out(f"note: {n}")
+        o.line(f"note: {n}")
 
 
 def layers(
@@ -51,10 +51,11 @@ def layers(
     from ..formats import open_checkpoint
     from ..layers import layer_table
 
+    o = start(json_)
     args = parse_arch_args(arch_arg)
     ck = open_checkpoint(path, key=key)
     t = layer_table(ck, arch or "auto", num_classes=num_classes, part=part, arch_args=args or None)
     if json_:
-        print_json(t.to_dict())
+        o.json(t.to_dict())
     else:
-        render(t)
+        render(o, t)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..errors import FindingsError
 from ._options import (
     AllowGlobalOpt,
     ArchArgOpt,
@@ -20,7 +21,7 @@ from ._options import (
     RtolOpt,
     StolOpt,
 )
-from ._output import kv_lines, out, print_json, table
+from ._output import Output, dims, plural, start
 
 OnnxArg = Annotated[Path, typer.Argument(help="The ONNX model to verify.", show_default=False)]
 SamplesOpt = Annotated[int, typer.Option("--samples", "-n", min=1, help="How many seeded inputs to run.")]
@@ -44,18 +45,18 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:.0f}%"
 
 
-def render_outputs(r: Any) -> None:
+def render_outputs(o: Output, r: Any) -> None:
     """One row per output: the differences, cosine similarity and top-k agreement. (Polygraphy's minimum
     tolerances equal the max abs / max rel columns; --json lists them, and the atol/rtol a failure needs.)"""
     rows = [
         (
-            o.name, _g(o.max_abs_diff), _g(o.max_rel_diff), _g(o.mean_abs_diff), f"{o.cosine:.6f}",
-            _pct(o.top1_agreement), _pct(o.top5_agreement),
-            "pass" if o.passed else f"FAIL {o.failed_elements}/{o.elements}",
+            x.name, _g(x.max_abs_diff), _g(x.max_rel_diff), _g(x.mean_abs_diff), f"{x.cosine:.6f}",
+            _pct(x.top1_agreement), _pct(x.top5_agreement),
+            "pass" if x.passed else f"FAIL {x.failed_elements}/{x.elements}",
         )
-        for o in r.outputs
+        for x in r.outputs
     ]  # fmt: skip
-    table(
+    o.table(
         ["output", "max abs", "max rel", "mean abs", "cosine", "top-1", "top-5", "result"],
         rows,
         right=(1, 2, 3, 4, 5, 6),
@@ -86,21 +87,23 @@ def parity(
     from ..arch.registry import parse_arch_args
     from ..parity import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_STOL, check_parity, parse_shape
 
-    r = check_parity(
+    o = start(json_)
+    with o.status("loading the weights and running torch and onnxruntime"):
+        r = check_parity(
         path, model, arch or "auto", key=key, num_classes=num_classes, arch_args=parse_arch_args(arch_arg) or None,
         features_only=features_only, samples=samples, batch=batch, seed=seed,
         atol=DEFAULT_ATOL if atol is None else atol, rtol=DEFAULT_RTOL if rtol is None else rtol,
         stol=DEFAULT_STOL if stol is None else stol, input_shape=parse_shape(input_shape),
     )  # fmt: skip
     if json_:
-        print_json(r.to_dict())
+        o.json(r.to_dict())
     else:
-        ins = ", ".join(f"{k!r} {v}" for k, v in r.inputs.items())
-        kv_lines(
+        ins = ", ".join(f"{k!r} {dims(v)}" for k, v in r.inputs.items())
+        o.kv(
             [
                 ("checkpoint", f"{r.checkpoint} as {r.arch}{' (features only)' if r.features_only else ''}"),
                 ("onnx", r.onnx),
-                ("inputs", f"{r.samples} samples, seed {r.seed}, batches of {ins}"),
+                ("inputs", f"{plural(r.samples, 'sample')}, seed {r.seed}, batches of {ins}"),
                 (
                     "rule",
                     f"fail when |onnx - torch| > {r.atol:g} and > {r.rtol:g} x |torch| and > {r.stol:g} x max|torch|",
@@ -108,9 +111,9 @@ def parity(
                 ("time", f"torch {r.torch_seconds:.2f} s, onnxruntime {r.onnx_seconds:.2f} s"),
             ]
         )
-        render_outputs(r)
+        render_outputs(o, r)
         for n in r.notes:
-            out(f"note: {n}")
-        out(r.summary())
+            o.line(f"note: {n}")
+        o.line((r.summary(), "green" if r.passed else "bold red"))
     if not r.passed:
-        raise typer.Exit(1)
+        raise FindingsError("parity failed", path=model)

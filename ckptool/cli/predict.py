@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ._options import AllowGlobalOpt, ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt
-from ._output import kv_lines, out, print_json, table
+from ._output import plural, start
 
 ModelArg = Annotated[
     Path,
@@ -57,30 +57,33 @@ def predict(
     from ..arch.registry import parse_arch_args
     from ..predict import predict as run_predict  # numpy, Pillow: loaded only when predict runs
 
-    report = run_predict(
-        model,
-        images,
-        arch=arch,
-        top=top,
-        labels=labels,
-        size=size,
-        key=key,
-        num_classes=num_classes,
-        arch_args=parse_arch_args(arch_arg) or None,
-    )
+    o = start(json_)
+    backend = "onnxruntime" if model.suffix.lower() == ".onnx" else "torch"
+    with o.status(f"classifying {plural(len(images), 'image')} with {backend}"):
+        report = run_predict(
+            model,
+            images,
+            arch=arch,
+            top=top,
+            labels=labels,
+            size=size,
+            key=key,
+            num_classes=num_classes,
+            arch_args=parse_arch_args(arch_arg) or None,
+        )
     if json_:
-        print_json(report.to_dict())
+        o.json(report.to_dict())
         return
     h, w = report.input_size
-    kv_lines(
+    o.kv(
         [
             ("model", f"{report.model} ({report.arch + ', ' if report.arch else ''}{report.backend})"),
-            ("input", f"{len(report.predictions)} image(s) as one batch, {h}x{w}, ImageNet mean/std"),
+            ("input", f"{plural(len(report.predictions), 'image')} as one batch, {h}x{w}, ImageNet mean/std"),
             ("classes", f"{report.num_classes} ({report.labels} labels)"),
         ]
         + [("note", n) for n in report.notes]
     )
     for p in report.predictions:
-        out()
+        o.blank()
         rows = [(f"{c.prob * 100:.2f}%", c.index, c.label or "") for c in p.top]
-        table(["prob", "index", "label"], rows, title=p.image, right=(0, 1))
+        o.table(["prob", "index", "label"], rows, title=p.image, right=(0, 1), fold=(2,))

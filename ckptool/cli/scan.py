@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import CkptError
-from ._errors import error_line
+from ..errors import CkptError, FindingsError
+from ._errors import error_object
 from ._options import AllowGlobalOpt, JsonOpt
-from ._output import is_tty, out, print_json
+from ._output import Output, Part, plural, start
 
 if TYPE_CHECKING:
     from ..scan import ScanReport
@@ -32,49 +32,30 @@ NoValuesOpt = Annotated[
 ]
 
 
-def _style(text: str, style: str) -> str:
-    return f"[{style}]{text}[/{style}]" if is_tty() else text
-
-
-def _render(r: ScanReport) -> list[str]:
+def _render(o: Output, r: ScanReport) -> None:
     from ..scan import DANGEROUS, SAFE
 
     status = "ok" if r.safe else f"FINDINGS ({len(r.findings)})"
-    head = f"{r.path}: {_style(status, 'green' if r.safe else 'bold red')}"
     globs = r.global_summary()
-    parts = [r.format, f"{len(r.pickles)} pickle{'s' if len(r.pickles) != 1 else ''}"] if r.pickles else [r.format]
+    parts = [r.format, plural(len(r.pickles), "pickle")] if r.pickles else [r.format]
     if globs:
         n_safe = sum(g["verdict"] == SAFE for g in globs)
         parts.append(f"{len(globs)} globals, {n_safe} on the allowlist")
     if r.values_checked:
         parts.append(f"{r.tensors_checked} tensors' values checked")
-    lines = [f"{head}  ({'; '.join(parts)})"]
+    o.line(f"{r.path}: ", (status, "green" if r.safe else "bold red"), f"  ({'; '.join(parts)})")
     for g in globs:
         if g["verdict"] == SAFE:
             continue
         style = "bold red" if g["verdict"] == DANGEROUS else "yellow"
         spelled = f" (written {g['spelled']})" if g.get("spelled") else ""
-        lines.append(
-            f"  {_style(g['verdict'], style):<9}  {g['name']}{spelled}  x{g['count']} in {', '.join(g['where'])}"
-        )
+        o.line("  ", (f"{g['verdict']:<9}", style), f"  {g['name']}{spelled}  x{g['count']} in {', '.join(g['where'])}")
     for f in r.findings:
         where = f"{f.where}: " if f.where else ""
-        lines.append(f"  [{f.kind}] {where}{f.message}")
+        tag: Part = (f"[{f.kind}]", "bold red" if f.kind == "dangerous-global" else "yellow")
+        o.line("  ", tag, f" {where}{f.message}")
     for n in r.notes:
-        lines.append(f"  note: {n}")
-    return lines
-
-
-def _print(lines: list[str]) -> None:
-    if is_tty():
-        from rich.console import Console
-
-        con = Console(highlight=False, soft_wrap=True)
-        for line in lines:
-            con.print(line)
-        return
-    for line in lines:
-        out(line)
+        o.line(f"  note: {n}")
 
 
 def scan(
@@ -85,30 +66,34 @@ def scan(
     and the file-name hash. Never unpickles. Exit 0 clean, 1 findings, 2 could not scan."""
     from ..scan import scan as scan_file
 
+    o = start(json_)
     files: list[dict[str, Any]] = []
-    code = 0
+    first_error: dict[str, Any] | None = None
     clean = dirty = failed = 0
     for p in paths:
         try:
             report = scan_file(p, values=not no_values)
         except CkptError as e:
             failed += 1
-            code = 2
-            error_line(e.render())
+            o.error(e.render())
+            err = error_object(type(e).__name__, e.message, e.path, e.hint)
+            first_error = first_error or err
             files.append({"path": str(p), "safe": False, "error": e.render(), "globals": [], "findings": []})
             continue
         if report.safe:
             clean += 1
         else:
             dirty += 1
-            code = max(code, 1)
         if json_:
             files.append(report.to_dict())
         else:
-            _print(_render(report))
+            _render(o, report)
     if json_:
-        print_json({"files": files})
+        # one object: the files, and (exit 2) the first error in the shape every command uses
+        o.json({"files": files, **(first_error or {})})
     elif len(paths) > 1:
-        out(f"scanned {len(paths)} files: {clean} clean, {dirty} with findings, {failed} could not be scanned")
-    if code:
-        raise typer.Exit(code)
+        o.line(f"scanned {len(paths)} files: {clean} clean, {dirty} with findings, {failed} could not be scanned")
+    if failed:
+        raise typer.Exit(2)
+    if dirty:
+        raise FindingsError(f"{dirty} of {len(paths)} files with findings")

@@ -25,7 +25,6 @@ import contextlib
 import io
 import logging
 import os
-import re
 import sys
 import time
 import warnings
@@ -36,7 +35,12 @@ from typing import IO, Any
 
 from .._extras import require
 from ..checkpoint import Checkpoint
-from ..errors import CkptError, UsageError
+from ..errors import (  # the error classes live in errors.py; importable from here as before
+    ExportFailedError,
+    OnnxCheckError,
+    UsageError,
+    first_line,
+)
 from ..io import atomic_outputs, check_output
 from ..parity import (
     DEFAULT_ATOL,
@@ -57,14 +61,6 @@ MAX_OPSET = 23  # torch 2.13's ONNX_MAX_OPSET; onnxruntime 1.32 runs 18..23 (che
 PROTOBUF_LIMIT = 2**31 - 1  # a protobuf message (a self-contained .onnx) cannot be larger
 INLINE_BELOW = 1024  # with external data, tensors smaller than this stay in the .onnx (as onnx.save does)
 ALIGN = 4096  # external data offsets: page-aligned, so onnxruntime can map them
-
-
-class ExportFailedError(CkptError):
-    """torch's exporter could not export the model (exit 2)."""
-
-
-class OnnxCheckError(CkptError):
-    """The written model fails ``onnx.checker.check_model(full_check=True)`` (exit 2)."""
 
 
 @dataclass
@@ -139,7 +135,7 @@ def probe_outputs(model: Any, shape: tuple[int, ...], what: str) -> list[tuple[i
     the meta device cannot run."""
     import torch
 
-    from ..parity import _first_line, _torch_outputs
+    from ..parity import _torch_outputs
 
     def shapes(out: Any) -> list[tuple[int, ...]]:
         outs = _torch_outputs(out)
@@ -162,7 +158,7 @@ def probe_outputs(model: Any, shape: tuple[int, ...], what: str) -> list[tuple[i
         raise
     except Exception as e:
         raise InputShapeError(
-            f"{what} cannot take an input of shape {_shape_text(shape)}: {_first_line(e)}",
+            f"{what} cannot take an input of shape {_shape_text(shape)}: {first_line(e)}",
             hint="give the shape it takes with --input-shape N,C,H,W",
         ) from None
 
@@ -216,15 +212,11 @@ def _export(model: Any, shape: tuple[int, ...], output_names: list[str], opset: 
     return prog.model
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
 def _explain(e: BaseException) -> str:
     """The exporter's own summary plus the root cause (e.g. torch.export's data-dependent guard), one line."""
 
     def first(x: BaseException) -> str:
-        text = _ANSI.sub("", str(x)).strip()
-        line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "").split(" Next steps:")[0]
+        line = first_line(x, 10**6).split(" Next steps:")[0] if str(x).strip() else ""
         return f"{type(x).__name__}: {line}" if line else type(x).__name__
 
     chain: list[BaseException] = []
