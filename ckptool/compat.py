@@ -185,7 +185,9 @@ def _match_one(
             continue
         key_map[k] = mk
         model_to_file[mk] = k
-        if mk not in expected:
+        if mk not in expected and not tensors[k].constant:
+            # an ONNX Constant-node value that no model key names is graph computation (a shape, a scale),
+            # not a state_dict entry; one that a model key names is matched like an initializer
             unexpected.append(k)
     missing, optional_missing, mismatched = [], [], []
     matched = 0
