@@ -27,7 +27,7 @@ import sys, warnings, logging
 warnings.simplefilter("ignore")
 logging.disable(logging.WARNING)
 import numpy as np, onnxruntime as ort, torch
-from ckptool.arch import vgg_spec
+from ckptool.arch.vgg import vgg_spec
 from ckptool.runtime import build_module  # torchvision's VGG layout (torchvision is not installed here)
 path, out = sys.argv[1], sys.argv[2]
 model = build_module(vgg_spec("vgg16_bn"))

@@ -32,7 +32,7 @@ from _harness import bench_args, measure, report
 ARTICLE = r"""
 import sys, torch
 from PIL import Image
-from ckptool.arch import vgg_spec
+from ckptool.arch.vgg import vgg_spec
 from ckptool.runtime import build_module
 model = build_module(vgg_spec("vgg16_bn"))              # torchvision.models.vgg16_bn() in the article
 model.load_state_dict(torch.load(sys.argv[1], weights_only=True), strict=False)
@@ -85,7 +85,7 @@ def build(d: Path) -> dict[str, Path]:
     from factory import save, vgg_state_dict
     from PIL import Image
 
-    from ckptool.arch import vgg_spec
+    from ckptool.arch.vgg import vgg_spec
     from ckptool.runtime import build_module
 
     d.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .arch.registry import AUTO, names, normalize, resolve, resolve_part
+from .arch.registry import AUTO, label, names, normalize, registry_parts, resolve, resolve_part, split_part
 from .arch.spec import ArchSpec
 from .checkpoint import Checkpoint, TensorInfo
+from .errors import UsageError
 
 KNOWN_PREFIXES = {
     "module.": "DataParallel / DistributedDataParallel",
@@ -29,6 +30,7 @@ KNOWN_PREFIXES = {
     "_orig_mod.": "torch.compile",
 }
 IDENTIFY_MIN = 0.5  # below this best score, auto says nothing matches
+CLOSE_ENOUGH = 0.2  # ... and names the closest architecture only from this score up
 PART_TRY_BELOW = 0.9  # auto tries sub-modules (backbone-only files) when no full architecture scores this much
 
 
@@ -246,14 +248,16 @@ def _registry_match(ck: Checkpoint, name: str, part: str | None, num_classes: in
 def rank(ck: Checkpoint, *, part: str | None = None, num_classes: int | None = None) -> list[Match]:
     """Every registry architecture (and, when none fits well and no part is given, each sub-module of
     each), best first."""
-    out = [_registry_match(ck, n, part, num_classes) for n in names()]
+    which = names() if part is None else [n for n in names() if part in resolve(n).part_names()]
+    out = [_registry_match(ck, n, part, num_classes) for n in which]
     out.sort(key=lambda m: -m.score)
-    if part is None and (not out or out[0].score < PART_TRY_BELOW):
+    whole = not out or (out[0].score >= PART_TRY_BELOW and not out[0].missing)
+    if part is None and not whole:  # weak, or only some keys there (a backbone saved without its head)
         parts = []
         for n in names():
             spec = resolve(n, num_classes=num_classes)
-            for container in spec.containers():
-                sub = spec.part(container)
+            for p in spec.parts:  # the family's named parts (VGG features / classifier, ResNet backbone)
+                sub = spec.part(p.name)
                 if sub.state_dict_shapes():
                     parts.append(match(ck, sub))
         out = sorted(out + parts, key=lambda m: -m.score)
@@ -264,17 +268,12 @@ def rank(ck: Checkpoint, *, part: str | None = None, num_classes: int | None = N
 # the report
 # ---------------------------------------------------------------------------------------------------
 def _label(spec: ArchSpec) -> str:
-    """ "vgg16 (no BN)", "vgg16_bn", "vgg11 (no BN) features-only" """
-    base, part = _split_part(spec)
-    label = f"{base} (no BN)" if spec.family == "vgg" and not base.endswith("_bn") else base
-    return f"{label} {part}-only" if part else label
+    """The family's name for the variant, with " <part>-only" for a part (see ``registry.label``)."""
+    return label(spec)
 
 
 def _split_part(spec: ArchSpec) -> tuple[str, str | None]:
-    if spec.name.endswith("]") and "[" in spec.name:
-        base, _, rest = spec.name.partition("[")
-        return base, rest[:-1]
-    return spec.name, None
+    return split_part(spec.name)
 
 
 def _dtype_notes(ck: Checkpoint, m: Match) -> list[str]:
@@ -311,7 +310,7 @@ def _findings(ck: Checkpoint, m: Match, report: CompatReport) -> list[str]:
         why = (
             "torch's ONNX export drops these training-only counters"
             if ck.format == "onnx"
-            else "a file saved before torch 0.4.1, like torchvision's VGG files"
+            else "a file saved before torch 0.4.1, like torchvision's 2017 files"
         )
         out.append(
             f"{n} BatchNorm layer{'s have' if n > 1 else ' has'} no num_batches_tracked ({why}): "
@@ -359,8 +358,33 @@ def _findings(ck: Checkpoint, m: Match, report: CompatReport) -> list[str]:
     return out
 
 
+def _told_apart(best: Match, ranked: list[Match]) -> list[str]:
+    """When a sibling scores close to the best (same keys, other shapes: resnext50_32x4d and
+    wide_resnet50_2), the key whose shape decided it."""
+    out = []
+    mine = best.spec.state_dict_shapes()
+    got = {mk: best.spec.state_dict_shapes().get(mk) for mk in best.key_map.values()}
+    for other in ranked[1:3]:
+        if other.score < best.score - 0.2 or other.spec.family != best.spec.family or other.spec.name == best.spec.name:
+            continue
+        theirs = other.spec.state_dict_shapes()
+        for k, shape in mine.items():
+            if k in theirs and theirs[k] != shape and got.get(k) == shape:
+                out.append(
+                    f"told apart from {other.spec.name} (score {other.score:.3f}) by {k}: "
+                    f"{list(shape)} here, {list(theirs[k])} in {other.spec.name}"
+                )
+                break
+    return out
+
+
 def _candidates(ranked: list[Match], n: int = 5) -> list[dict[str, Any]]:
-    return [{"arch": r.spec.name, "score": round(r.score, 4), "num_classes": r.spec.num_classes} for r in ranked[:n]]
+    """The best ``n`` that share anything with the file (a 0.000 candidate says nothing)."""
+    return [
+        {"arch": r.spec.name, "score": round(r.score, 4), "num_classes": r.spec.num_classes}
+        for r in ranked[:n]
+        if r.score > 0
+    ]
 
 
 def _from_match(
@@ -413,22 +437,27 @@ def check(
     requested = arch if ":" in arch else normalize(arch)
     if requested == AUTO:
         if arch_args:
-            from .errors import UsageError
-
             raise UsageError("--arch-arg needs an --arch module:callable (auto only knows the registry)")
-        if part:
-            resolve_part(resolve(names()[0]), part)  # a clear error for a part no registry arch has
+        if part and part not in registry_parts():  # a clear error for a part no registry arch has
+            raise UsageError(
+                f"--part {part}: no registry architecture has a part {part!r}",
+                hint=f"the parts are: {', '.join(registry_parts())}",
+            )
         ranked = rank(ck, part=part, num_classes=num_classes)
         best = ranked[0]
         if best.score < IDENTIFY_MIN:
             report = _from_match(ck, best, AUTO, ranked, identified=False)
-            closest = f" (closest: {best.spec.name}, score {best.score:.2f})" if ck.tensors else ""
+            close = best.score >= CLOSE_ENOUGH and ck.tensors
+            closest = f" (closest: {label(best.spec)}, score {best.score:.2f})" if close else ""
             what = "these weights" if ck.tensors else "this file: it holds no tensors"
+            if not close:
+                report.candidates = []
             report.findings = [
                 f"no known architecture matches {what}{closest}; name the model with --arch module.path:callable"
             ]
             return report
         report = _from_match(ck, best, AUTO, ranked)
+        report.findings.extend(_told_apart(best, ranked))
         spec = best.spec
         if num_classes is None and spec.head and spec.num_classes not in (None, 1000):
             n = spec.num_classes

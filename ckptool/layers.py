@@ -112,15 +112,19 @@ def _from_spec(ck: Checkpoint, spec: ArchSpec, report: CompatReport) -> list[Lay
     tensors = {t.name: t for t in ck.tensors}
     rows = []
     for m in spec.modules:
-        shape = m.weight_shape
-        wk = model_to_file.get(join_key(m.path, "weight"))
+        # the row's shape: the weight's, else the module's first parameter (in_proj_weight, class_token)
+        main = "weight" if m.weight_shape is not None else (m.params[0][0] if m.params else None)
+        shape = dict(m.params).get(main) if main else None
+        wk = model_to_file.get(join_key(m.path, main)) if main else None
         if wk is not None and shape is not None:
             shape = tensors[wk].shape
         params = 0
         for n, s in m.params:
             fk = model_to_file.get(join_key(m.path, n))
             params += tensors[fk].numel if fk is not None else math.prod(s)
-        rows.append(LayerRow(m.path, m.type, m.name, m.weight_layer, shape, params))
+        # a bare parameter (ViT's class_token) is shown under its key, not under its owner's path
+        path = join_key(m.path, m.params[0][0]) if m.type == "Parameter" and m.params else m.path
+        rows.append(LayerRow(path, m.type, m.name, m.weight_layer, shape, params))
     return rows
 
 
@@ -231,6 +235,7 @@ def layer_table(
     notes = []
     if report.requested == AUTO:
         notes.append(f"identified as {report.arch} (score {report.score:.3f})")
+    notes.extend(spec.notes)
     if not report.compatible:
         what = []
         if report.missing:

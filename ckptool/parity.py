@@ -503,28 +503,45 @@ def load_reference(
     arch_args: dict[str, str] | None = None,
     features_only: bool = False,
 ) -> tuple[Any, Any]:
-    """The torch model to compare with (and check's report): the whole model, or with ``features_only`` its
-    ``features`` sub-module, from a whole-model checkpoint or a backbone-only one."""
-    from .runtime import load_checked
+    """The torch model to compare with (and check's report): the whole model, or with ``features_only`` the
+    architecture's backbone part (VGG's ``features``, ResNet's everything-but-``fc``; ``spec.backbone``),
+    from a whole-model checkpoint or a backbone-only one."""
+    from .arch.registry import AUTO, normalize, resolve
+    from .runtime import WeightsMismatchError, load_checked
 
     if not features_only:
         return load_checked(ck, arch, num_classes=num_classes, arch_args=arch_args)
     try:
         model, report = load_checked(ck, arch, num_classes=num_classes, arch_args=arch_args)
     except WeightsMismatchError as whole:
-        try:  # a backbone-only file (model.features.state_dict())
-            return load_checked(ck, arch, num_classes=num_classes, arch_args=arch_args, part="features")
+        if normalize(arch) == AUTO:
+            raise
+        backbone = resolve(arch, num_classes=num_classes, arch_args=arch_args).backbone
+        if backbone is None:
+            raise
+        try:  # a backbone-only file (model.features.state_dict(), or a ResNet without fc)
+            return load_checked(ck, arch, num_classes=num_classes, arch_args=arch_args, part=backbone)
         except (WeightsMismatchError, UsageError):
             raise whole from None
-    if report.part == "features":  # arch auto found a backbone-only file: the model is the features already
+    spec = report.spec
+    if report.part is not None:  # arch auto found a backbone-only file: the model is the part already
         return model, report
-    sub = getattr(model, "features", None)
-    if sub is None:
+    backbone = spec.backbone if spec is not None else None
+    if spec is None or backbone is None:
         raise UsageError(
-            f"--features-only: {report.arch or arch} has no 'features' sub-module",
-            hint="--features-only exports model.features (the VGG backbone)",
+            f"--features-only: {report.arch or arch} has no backbone part",
+            hint="--features-only exports the architecture's backbone (a features sub-module, or a family's backbone)",
         )
+    sub = build_part(spec, model, backbone)
     return sub, report
+
+
+def build_part(spec: Any, model: Any, part: str) -> Any:
+    """The ``part`` of a built, loaded ``model`` (its sub-module, or the family's part module)."""
+    declared = spec.declared_part(part)
+    if declared is not None and spec.part_module is not None:
+        return spec.part_module(model, declared)
+    return model.get_submodule(part)
 
 
 def onnx_output_names(onnx_path: str | os.PathLike[str]) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ckptool.arch import vgg_spec
+from ckptool.arch.vgg import vgg_spec
 from ckptool.runtime import build_module
 
 

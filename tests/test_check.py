@@ -13,7 +13,7 @@ import pytest
 import torch
 import vgg_files
 
-from ckptool.arch import vgg_spec
+from ckptool.arch.vgg import vgg_spec
 from ckptool.checkpoint import Checkpoint, TensorInfo
 from ckptool.compat import check
 from ckptool.errors import UnknownArchError, UsageError
@@ -214,12 +214,18 @@ def test_nothing_matches_says_so(cli, tmp_path):
     ck = mem_ck({"encoder.weight": (8, 4), "encoder.bias": (8,), "decoder.weight": (4, 8)})
     rep = check(ck)
     assert rep.arch is None and rep.compatible is False
-    assert rep.findings and "no known architecture matches" in rep.findings[0]
-    assert rep.to_dict()["candidates"]
+    # one line, no 0.00 "closest" and no 0.000 candidates (issue 11)
+    assert rep.findings == [
+        "no known architecture matches these weights; name the model with --arch module.path:callable"
+    ]
+    assert rep.to_dict()["candidates"] == []
     p = tmp_path / "mlp.pth"
     torch.save({"encoder.weight": torch.zeros(8, 4), "encoder.bias": torch.zeros(8)}, p)
     r = cli("check", p, "--json")
     assert r.exit_code == 1 and json.loads(r.stdout)["arch"] is None
+    plain = cli("check", p)
+    assert "closest" not in plain.stdout and "0.000" not in plain.stdout
+    assert sum("no known architecture matches" in line for line in plain.stdout.splitlines()) == 1
 
 
 def test_torch_compile_and_stacked_prefixes():
@@ -305,7 +311,7 @@ def test_errors_exit_2(cli, tmp_path):
     r = cli("check", tmp_path / "nope.pth")
     assert r.exit_code == 2 and "no such file" in r.stderr
     with pytest.raises(UnknownArchError, match="vgg11, vgg11_bn"):
-        check(mem_ck({}), "resnet50")
+        check(mem_ck({}), "resnet51")
     with pytest.raises(UsageError):
         check(mem_ck({}), "auto", arch_args={"x": "1"})
 

@@ -157,7 +157,7 @@ def test_backbone_only_checkpoint_features_only(tiny: dict[str, Path], tmp_path:
     assert r.written and r.passed and r.output_names == ["features"]
     assert r.output_shapes == [["batch", 16, 8, 8]]
     # a registry backbone identified by --arch auto works the same way
-    from ckptool.arch import vgg_spec
+    from ckptool.arch.vgg import vgg_spec
     from ckptool.runtime import build_module
 
     feats = build_module(vgg_spec("vgg11_bn", 10)).features

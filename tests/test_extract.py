@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from ckptool.arch import vgg_spec
+from ckptool.arch.vgg import vgg_spec
 from ckptool.errors import KeyNotFoundError, UsageError
 from ckptool.extract import extract, output_format
 from ckptool.runtime import build_module

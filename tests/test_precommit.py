@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptool.arch import vgg_spec
+from ckptool.arch.vgg import vgg_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = ROOT / ".pre-commit-hooks.yaml"

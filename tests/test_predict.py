@@ -395,7 +395,7 @@ def test_predict_vgg16_bn_torch_matches_reference(
 ) -> None:
     """The article's last step on a full-size vgg16_bn (legacy file, like torchvision's), against the article's
     code written out by hand: build the model, load_state_dict, eval, preprocess, softmax."""
-    from ckptool.arch import vgg_spec
+    from ckptool.arch.vgg import vgg_spec
     from ckptool.labels import imagenet_labels
     from ckptool.runtime import build_module
 

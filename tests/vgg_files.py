@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptool.arch import vgg_spec
+from ckptool.arch.vgg import vgg_spec
 
 _CACHE: dict[str, Path] = {}
 _DIRS: list[Path] = []

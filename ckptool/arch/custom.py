@@ -218,19 +218,23 @@ def custom_spec(target: str, *, num_classes: int | None = None, arch_args: dict[
     shape = _input_shape(model, modules)
     del model, state
     desc = f"{call}{notes}"
+    tops = {m.path.split(".", 1)[0] for m in modules}
     return ArchSpec(
         target, tuple(modules), shape, family=source, description=desc, source=source,
         num_classes=n_cls, head=head, builder=builder, dtypes=dts,
+        backbone="features" if "features" in tops else None,
     )  # fmt: skip
 
 
 def _paper_names(builder_name: str, modules: list[ModuleSpec], num_classes: int | None) -> None:
-    """torchvision's VGG builders get the registry's paper-style names when the layouts agree."""
-    from .vgg import VARIANTS, vgg_spec
+    """torchvision's builders get the registry's paper-style names when a family registers the same
+    variant and the layouts agree."""
+    from .family import family_of
 
-    if builder_name not in VARIANTS:
+    fam = family_of(builder_name)
+    if fam is None:
         return
-    ref = {m.path: m for m in vgg_spec(builder_name, num_classes or 1000).modules}
+    ref = {m.path: m for m in fam.spec(builder_name, num_classes or 1000).modules}
     for i, m in enumerate(modules):
         r = ref.get(m.path)
         if r is not None and r.type == m.type:

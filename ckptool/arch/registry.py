@@ -1,6 +1,7 @@
 """Names → :class:`ArchSpec`: the registry (torch-free) and the door to ``module:callable`` models.
 
-- ``vgg11`` … ``vgg19_bn``: torchvision's VGG family, described as data (``ckptool.arch.vgg``); no torch.
+- a registry name: a variant of a registered family (``ckptool.arch.family``; each family is one module of
+  this package, described as data); no torch.
 - ``module.path:callable``: any ``nn.Module`` factory, built on the meta device (``ckptool.arch.custom``,
   which imports torch).
 - ``torchvision:<builder>``: the same, for ``torchvision.models.<builder>`` when torchvision is installed.
@@ -12,29 +13,38 @@ import difflib
 import functools
 import importlib.util
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UnknownArchError, UsageError
+from .family import family_of, list_families, list_models
 from .spec import ArchSpec
-from .vgg import CFGS, VARIANTS, vgg_spec
 
 AUTO = "auto"
 
 
 def names() -> list[str]:
-    """Every registry architecture name, in a stable order."""
-    return list(VARIANTS)
+    """Every registry architecture name, in a stable order (family by family)."""
+    return list_models()
 
 
 def normalize(name: str) -> str:
-    """``VGG16-BN`` → ``vgg16_bn`` (registry names only; ``module:callable`` is kept as written)."""
-    return name if ":" in name else name.strip().lower().replace("-", "_")
+    """``VGG16-BN`` → ``vgg16_bn``, ``ResNet-50`` → ``resnet50`` (registry names only; ``module:callable``
+    is kept as written)."""
+    if ":" in name:
+        return name
+    key = name.strip().lower().replace("-", "_").replace("/", "_")
+    if family_of(key) is None and family_of(key.replace("_", "", 1)) is not None:
+        key = key.replace("_", "", 1)  # resnet_50 (from ResNet-50) -> resnet50
+    return key
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=128)
 def _registry_spec(name: str, num_classes: int) -> ArchSpec:
-    return vgg_spec(name, num_classes)
+    fam = family_of(name)
+    if fam is None:
+        raise _unknown(name)
+    return fam.full_spec(name, num_classes)
 
 
 def parse_arch_args(pairs: Iterable[str] | None) -> dict[str, str]:
@@ -77,7 +87,7 @@ def resolve(name: str, *, num_classes: int | None = None, arch_args: dict[str, s
     key = normalize(name)
     if key == AUTO:
         raise UsageError("--arch auto is resolved from the weights (ckptool check / layers), not by name")
-    if key not in VARIANTS:
+    if family_of(key) is None:
         raise _unknown(name)
     args = dict(arch_args or {})
     if "num_classes" in args:
@@ -106,9 +116,18 @@ def resolve_part(spec: ArchSpec, part: str | None) -> ArchSpec:
     if not sub.modules:
         raise UsageError(
             f"--part {part}: {spec.name} has no sub-module {part!r}",
-            hint=f"its parts are: {', '.join(spec.containers())}",
+            hint=f"its parts are: {', '.join(spec.part_names())}",
         )
     return sub
+
+
+def registry_parts() -> list[str]:
+    """Every part name some registry architecture has (for ``check --arch auto --part``)."""
+    out: list[str] = []
+    for fam in list_families():
+        spec = _registry_spec(fam.variants[0], 1000)
+        out.extend(p for p in spec.part_names() if p not in out)
+    return out
 
 
 @dataclass(frozen=True)
@@ -117,22 +136,22 @@ class ArchInfo:
 
     name: str
     family: str
-    config: str
-    batch_norm: bool
     weight_layers: int
     params: int
     modules: dict[str, int]
     description: str
+    parts: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # the family's own columns (VGG: config, batch_norm)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "family": self.family,
-            "config": self.config,
-            "batch_norm": self.batch_norm,
+            **self.details,
             "weight_layers": self.weight_layers,
             "params": self.params,
             "modules": self.modules,
+            "parts": self.parts,
             "description": self.description,
         }
 
@@ -140,15 +159,33 @@ class ArchInfo:
 def describe() -> list[ArchInfo]:
     """Every registry architecture with its size (1000 classes), for ``ckptool archs``."""
     out = []
-    for n in names():
-        spec = _registry_spec(n, 1000)
-        cfg, bn = VARIANTS[n]
-        out.append(
-            ArchInfo(
-                n, spec.family, cfg, bn, spec.weight_layers, spec.n_params, spec.container_counts(), spec.description
-            )
-        )
+    for fam in list_families():
+        for n in fam.variants:
+            spec = _registry_spec(n, 1000)
+            out.append(
+                ArchInfo(
+                    n, fam.name, spec.weight_layers, spec.n_params, spec.container_counts(), spec.description,
+                    [p.name for p in spec.parts], fam.details(n),
+                )
+            )  # fmt: skip
     return out
+
+
+def label(spec: ArchSpec) -> str:
+    """How check names ``spec`` to a user: the family's label ("vgg16 (no BN)"), with " features-only" for
+    a part."""
+    base, part = split_part(spec.name)
+    fam = family_of(base) if spec.source == "registry" else None
+    text = fam.label(base) if fam is not None else base
+    return f"{text} {part}-only" if part else text
+
+
+def split_part(name: str) -> tuple[str, str | None]:
+    """``vgg16[features]`` → ``("vgg16", "features")``."""
+    if name.endswith("]") and "[" in name:
+        base, _, rest = name.partition("[")
+        return base, rest[:-1]
+    return name, None
 
 
 def torchvision_available() -> bool:
@@ -158,14 +195,16 @@ def torchvision_available() -> bool:
 
 __all__ = [
     "AUTO",
-    "CFGS",
     "ArchInfo",
     "UnknownArchError",
     "describe",
+    "label",
     "names",
     "normalize",
     "parse_arch_args",
+    "registry_parts",
     "resolve",
     "resolve_part",
+    "split_part",
     "torchvision_available",
 ]

@@ -47,13 +47,34 @@ class ModuleSpec:
 
 
 @dataclass(frozen=True)
+class Part:
+    """A named part of a family's model, for ``--part`` and backbone-only files.
+
+    ``modules`` are top-level module paths. With ``keep_paths`` False the part is one sub-module whose keys
+    lose its prefix (VGG's ``features``, saved as ``model.features.state_dict()``); with ``keep_paths`` True
+    the part is the listed top-level modules with their own names (ResNet's backbone: everything but ``fc``,
+    saved as ``model.state_dict()`` without the head)."""
+
+    name: str
+    modules: tuple[str, ...]
+    keep_paths: bool = False
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     """An architecture as data.
 
-    Registry architectures (the VGG family) are pure data: ``runtime.build_module`` builds them from
-    ``modules``. Architectures named as ``module:callable`` (or ``torchvision:<builder>``) carry a
-    ``builder``: a no-argument callable returning the real ``nn.Module`` (runtime code calls it under a
-    ``torch.device`` context), and their ``modules`` were read from an instance built on the meta device.
+    Registry architectures come from their family (``ckptool.arch.<family>``): ``modules`` is the forward
+    sequence with paper names, built torch-free. Every spec that can be run carries a ``builder``: a
+    no-argument callable returning the real ``nn.Module`` (runtime code calls it under a ``torch.device``
+    context). For ``module:callable`` (or ``torchvision:<builder>``) the ``modules`` were read from an
+    instance built on the meta device.
+
+    ``modules`` may list one module more than once (a ReLU a residual block calls twice) and parameter-free
+    steps that are no module (the residual add, type ``Add``); ``state_order`` then gives torch's key order
+    when it differs from the forward order. ``parts`` are the family's named parts (beside the top-level
+    sub-modules), ``backbone`` the part ``--features-only`` exports, ``part_module`` how a built model
+    yields a part.
     """
 
     name: str
@@ -66,13 +87,20 @@ class ArchSpec:
     head: str | None = None  # path of the classification head ("classifier.6"), if any
     builder: Callable[[], Any] | None = field(default=None, compare=False, hash=False, repr=False)
     dtypes: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)  # key -> dtype
+    parts: tuple[Part, ...] = ()
+    backbone: str | None = None  # the part --features-only exports ("features", "backbone")
+    part_module: Callable[[Any, Part], Any] | None = field(default=None, compare=False, hash=False, repr=False)
+    state_order: tuple[str, ...] = ()  # torch's key order, when it is not the forward order of ``modules``
+    notes: tuple[str, ...] = ()  # what the layer table should say about this architecture (e.g. its depth)
 
     def state_dict_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Expected state_dict keys (in module order) and their shapes."""
+        """Expected state_dict keys (in torch's order) and their shapes."""
         out: dict[str, tuple[int, ...]] = {}
         for m in self.modules:
             for n, s in m.params + m.buffers:
                 out[join_key(m.path, n)] = s
+        if self.state_order:
+            out = {k: out[k] for k in self.state_order if k in out} | out
         return out
 
     def expected_dtype(self, key: str) -> str:
@@ -109,8 +137,21 @@ class ArchSpec:
                 counts[m.container] = counts.get(m.container, 0) + 1
         return counts
 
+    def part_names(self) -> list[str]:
+        """What ``--part`` accepts: the top-level sub-modules, then the family's other named parts."""
+        out = self.containers()
+        out.extend(p.name for p in self.parts if p.name not in out)
+        return out
+
+    def declared_part(self, name: str) -> Part | None:
+        return next((p for p in self.parts if p.name == name), None)
+
     def part(self, prefix: str) -> ArchSpec:
-        """The sub-architecture under ``prefix`` (e.g. "features"), with the prefix stripped from paths."""
+        """The sub-architecture ``prefix``: a family part (e.g. ResNet's "backbone"), or the sub-module under
+        ``prefix`` (e.g. "features"), with the prefix stripped from paths."""
+        declared = self.declared_part(prefix.strip("."))
+        if declared is not None and declared.keep_paths:
+            return self._kept_part(declared)
         pre = prefix.strip(".")
         mods = tuple(
             replace(m, path=m.path[len(pre) + 1 :]) if m.path != pre else replace(m, path="")
@@ -126,7 +167,27 @@ class ArchSpec:
             def builder() -> Any:
                 return parent().get_submodule(pre)
 
+        order = tuple(k[len(pre) + 1 :] for k in self.state_order if k.startswith(pre + "."))
         return replace(
             self, name=f"{self.name}[{pre}]", modules=mods, description=f"{pre} of {self.name}",
-            head=head, builder=builder, dtypes=dts,
+            head=head, builder=builder, dtypes=dts, parts=(), backbone=None, state_order=order, notes=(),
+        )  # fmt: skip
+
+    def _kept_part(self, p: Part) -> ArchSpec:
+        tops = set(p.modules)
+        mods = tuple(m for m in self.modules if m.path.split(".", 1)[0] in tops or (not m.path and "" in tops))
+        keys = {join_key(m.path, n) for m in mods for n, _ in m.params + m.buffers}
+        builder = None
+        if self.builder is not None:
+            parent, extract = self.builder, self.part_module
+
+            def builder() -> Any:
+                model = parent()
+                return extract(model, p) if extract is not None else model
+
+        head = self.head if self.head and self.head.split(".", 1)[0] in tops else None
+        return replace(
+            self, name=f"{self.name}[{p.name}]", modules=mods, description=f"{p.name} of {self.name}",
+            head=head, builder=builder, dtypes={k: v for k, v in self.dtypes.items() if k in keys}, parts=(),
+            backbone=None, state_order=tuple(k for k in self.state_order if k in keys), notes=(),
         )  # fmt: skip

@@ -8,7 +8,12 @@ fc6, relu6, drop6, fc7, relu7, drop7, fc8.
 
 from __future__ import annotations
 
-from .spec import ArchSpec, ModuleSpec
+from typing import Any
+
+__all__ = ["CFGS", "VARIANTS", "vgg_spec"]
+
+from .family import Family, register_family
+from .spec import ArchSpec, ModuleSpec, Part
 
 M = "M"
 CFGS: dict[str, list[int | str]] = {
@@ -31,7 +36,12 @@ VARIANTS: dict[str, tuple[str, bool]] = {
 
 
 def vgg_spec(name: str, num_classes: int = 1000) -> ArchSpec:
-    """The module sequence of torchvision's ``name`` (one of :data:`VARIANTS`) with a ``num_classes`` head."""
+    """The module sequence of torchvision's ``name`` (one of :data:`VARIANTS`) with a ``num_classes`` head,
+    wired as the registry wires it (builder, parts)."""
+    return VGG_FAMILY.full_spec(name, num_classes)
+
+
+def _vgg_modules(name: str, num_classes: int) -> ArchSpec:
     cfg, bn = VARIANTS[name]
     mods: list[ModuleSpec] = []
     idx = 0
@@ -89,7 +99,32 @@ def vgg_spec(name: str, num_classes: int = 1000) -> ArchSpec:
             mods.append(ModuleSpec(f"classifier.{ci + 1}", "Dropout", f"drop{n}", kwargs={"p": 0.5}))
             ci += 2
     desc = f"VGG config {cfg} ({ordinal} weight layers{', batch norm' if bn else ''}), torchvision layout"
-    return ArchSpec(
-        name, tuple(mods), (1, 3, 224, 224), "vgg", desc, source="registry", num_classes=num_classes,
-        head="classifier.6",
-    )  # fmt: skip
+    return ArchSpec(name, tuple(mods), (1, 3, 224, 224), description=desc, head="classifier.6")
+
+
+class VGGFamily(Family):
+    """torchvision's VGG: features (conv [bn] relu ... pool) / avgpool / classifier (fc6, fc7, fc8)."""
+
+    name = "vgg"
+    variants = tuple(VARIANTS)
+    parts = (Part("features", ("features",)), Part("classifier", ("classifier",)))
+    backbone = "features"
+
+    def spec(self, variant: str, num_classes: int) -> ArchSpec:
+        return _vgg_modules(variant, num_classes)
+
+    def build(self, variant: str, num_classes: int) -> Any:
+        from .vgg_torch import build
+
+        cfg, bn = VARIANTS[variant]
+        return build(CFGS[cfg], bn, num_classes)
+
+    def label(self, variant: str) -> str:
+        return variant if VARIANTS[variant][1] else f"{variant} (no BN)"
+
+    def details(self, variant: str) -> dict[str, Any]:
+        cfg, bn = VARIANTS[variant]
+        return {"config": cfg, "batch_norm": bn}
+
+
+VGG_FAMILY = register_family(VGGFamily())

@@ -84,7 +84,7 @@ InputShapeOpt = Annotated[
     str | None,
     typer.Option(
         "--input-shape",
-        help="Input shape N,C,H,W (default: the ONNX graph's, then the architecture's: 1,3,224,224 for VGG).",
+        help="Input shape N,C,H,W (default: the ONNX graph's, then the architecture's, e.g. 1,3,224,224).",
         show_default=False,
     ),
 ]

@@ -11,7 +11,7 @@ OTHER = (
 
 
 def archs(json_: JsonOpt = False) -> None:
-    """List the registry architectures (torchvision's VGG family, described as data)."""
+    """List the registry architectures (torchvision's families, described as data)."""
     from ..arch.registry import describe, torchvision_available
 
     o = start(json_)
@@ -27,14 +27,22 @@ def archs(json_: JsonOpt = False) -> None:
         )
         return
     rows = [
-        (i.name, i.config, "yes" if i.batch_norm else "no", i.weight_layers, human_count(i.params),
-         ", ".join(f"{k} {v}" for k, v in i.modules.items()))
+        (i.name, i.family, i.weight_layers, human_count(i.params), ", ".join(i.parts) or "-",
+         ", ".join(f"{k}={_value(v)}" for k, v in i.details.items()))
         for i in infos
     ]  # fmt: skip
-    o.table(["name", "config", "BN", "weight layers", "params", "modules"], rows, right=(3, 4), fold=(5,))
+    o.table(["name", "family", "weight layers", "params", "parts", "details"], rows, right=(2, 3), fold=(5,))
     o.blank()
     o.line(OTHER)
     o.line(
-        "torchvision:<builder> (e.g. torchvision:resnet18): "
+        "torchvision:<builder> (any torchvision.models builder): "
         + ("available, torchvision is installed" if tv else "needs torchvision, which is not installed here")
     )
+
+
+def _value(v: object) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (list, tuple)):
+        return "-".join(str(x) for x in v)
+    return str(v)

@@ -29,6 +29,11 @@ def _candidate(c: dict) -> str:
 
 
 def render(o: Output, r: CompatReport) -> None:
+    if r.arch is None and r.findings:  # nothing known matches: one line (and the close ones, if any)
+        o.line(f"{r.path}: {r.findings[0]}")
+        if r.candidates:
+            o.line("candidates: " + ", ".join(_candidate(c) for c in r.candidates))
+        return
     if r.arch is None:
         verdict = "no known architecture matches"
     else:

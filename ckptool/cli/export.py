@@ -45,7 +45,11 @@ OpsetOpt = Annotated[
     int | None, typer.Option("--opset", help="[onnx] ONNX opset, 18-23 (default 18).", show_default=False)
 ]
 FeaturesOpt = Annotated[
-    bool, typer.Option("--features-only", help="[onnx] Export only model.features (output [N, 512, 7, 7] for VGG).")
+    bool,
+    typer.Option(
+        "--features-only",
+        help="[onnx] Export only the backbone (model.features, or the family's backbone part, e.g. everything but fc).",
+    ),
 ]
 ExternalOpt = Annotated[
     bool,

@@ -455,9 +455,9 @@ def export_onnx(
     say("loading the weights")
     model, report = load_reference(ck, arch, num_classes=num_classes, arch_args=arch_args, features_only=features_only)
     arch_name = report.arch or arch
-    if report.part == "features" and not features_only:
+    if report.part is not None and not features_only:
         features_only = True
-        notes.append("the file holds only the features backbone: exported as --features-only")
+        notes.append(f"the file holds only the {report.part} backbone: exported as --features-only")
     what = f"{arch_name}" + (" (features)" if features_only else "")
     spec = report.spec
     shape = tuple(input_shape) if input_shape else tuple(spec.input_shape if spec is not None else (1, 3, 224, 224))
