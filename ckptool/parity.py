@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from ._extras import require
-from .errors import CkptError, CorruptFileError, InputShapeError, UsageError, WeightsMismatchError, first_line
+from .errors import CkptError, CorruptFileError, InputShapeError, UsageError, first_line
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3

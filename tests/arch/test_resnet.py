@@ -52,7 +52,10 @@ def test_torchvision_keys_by_hand():
     """Keys and shapes as torchvision writes them, spelled out (resnet18, resnet50, ResNeXt, Wide)."""
     r18 = resolve("resnet18").state_dict_shapes()
     assert len(r18) == 122 and "layer1.0.downsample.0.weight" not in r18
-    assert r18["layer2.0.downsample.0.weight"] == (128, 64, 1, 1) and r18["layer2.0.downsample.1.num_batches_tracked"] == ()
+    assert (
+        r18["layer2.0.downsample.0.weight"] == (128, 64, 1, 1)
+        and r18["layer2.0.downsample.1.num_batches_tracked"] == ()
+    )
     assert r18["conv1.weight"] == (64, 3, 7, 7) and "conv1.bias" not in r18 and r18["fc.weight"] == (1000, 512)
     assert "layer1.0.conv3.weight" not in r18
     r50 = resolve("resnet50").state_dict_shapes()
@@ -143,7 +146,9 @@ def test_not_vgg_and_not_neither(mem_ck):
     assert r.arch == "resnet18" and all(not c["arch"].startswith("vgg") for c in r.candidates)
     neither = check(mem_ck({"conv1.weight": (16, 3, 3, 3), "fc.weight": (10, 16), "fc.bias": (10,)}))
     assert neither.arch is None and neither.candidates == []
-    assert neither.findings == ["no known architecture matches these weights; name the model with --arch module.path:callable"]
+    assert neither.findings == [
+        "no known architecture matches these weights; name the model with --arch module.path:callable"
+    ]
 
 
 def test_fine_tuned_head(mem_ck):
@@ -184,7 +189,9 @@ def test_archs_lists_the_family(cli):
     d = {a["name"]: a for a in json.loads(r.stdout)["archs"]}
     assert d["wide_resnet101_2"]["params"] == 126_886_696 and d["wide_resnet101_2"]["family"] == "resnet"
     plain = cli("archs")
-    assert any(line.split()[0] == "resnet152" and "60,192,808" in line for line in plain.stdout.splitlines() if line.strip())
+    assert any(
+        line.split()[0] == "resnet152" and "60,192,808" in line for line in plain.stdout.splitlines() if line.strip()
+    )
 
 
 def test_names_are_forgiving():
