@@ -1,28 +1,38 @@
 """The one checkpoint model every format reader returns (torch-free).
 
 A :class:`Checkpoint` lists :class:`TensorInfo` records: name, dtype, shape, strides, and where the bytes
-live (:class:`StorageInfo` / :class:`ByteSource`). Nothing here reads tensor bytes until a caller asks
-for values with :meth:`Checkpoint.read_bytes` or :meth:`Checkpoint.iter_chunks`.
+live (:class:`StorageInfo` / :class:`ByteSource`, with the :class:`Decoder` its format supplies for bytes
+that are not raw). Nothing here reads tensor bytes until a caller asks for values with
+:meth:`Checkpoint.read_bytes`, :meth:`Checkpoint.iter_chunks` or :meth:`Checkpoint.numpy`; bytes come
+through :mod:`ckptool.sources`. This module imports no format.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import mmap
-import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from . import dtypes
 from .errors import CorruptFileError, KeyNotFoundError
+from .sources import CHUNK, Source, open_source
+
+
+class Decoder(Protocol):
+    """How a format's non-raw bytes decode (a deflated zip member, ONNX typed fields): supplied by the format."""
+
+    def chunks(
+        self, source: Source, where: ByteSource, start: int, stop: int, buf: bytearray
+    ) -> Iterator[bytes | memoryview]:
+        """The decoded bytes [start, stop) of ``where``, streamed (views into ``buf`` are valid until the next)."""
+        ...
 
 
 @dataclass(frozen=True)
 class ByteSource:
-    """Where a storage's bytes sit on disk."""
+    """Where a storage's bytes sit, and the decoder its format supplies when they are not raw little-endian."""
 
     path: str  # the file that holds the bytes (the checkpoint itself, or ONNX external data)
     offset: int  # absolute offset of the first byte in ``path``
@@ -30,6 +40,7 @@ class ByteSource:
     member: str | None = None  # zip member name, for torch zip archives
     compressed: bool = False  # a zip member that is not ZIP_STORED: bytes must be inflated
     encoding: str = "raw"  # "raw" little-endian bytes, or an ONNX typed-field encoding
+    decoder: Decoder | None = None  # None: the bytes are the values (raw); else how to decode them
 
 
 @dataclass(frozen=True)
@@ -109,9 +120,13 @@ class TensorInfo:
         }
 
 
-@dataclass
+@dataclass(repr=False)
 class Checkpoint:
-    """What a reader found in a file: tensors of the located state_dict, plus a summary of the rest."""
+    """What a reader found in a file: tensors of the located state_dict, plus a summary of the rest.
+
+    ``ck["name"]`` is the :class:`TensorInfo` (a dict lookup), ``"name" in ck`` tests for one, and
+    :meth:`numpy` returns a tensor's values. Bytes are read through :mod:`ckptool.sources` only when asked.
+    """
 
     path: str
     format: str  # torch-zip | torch-legacy | safetensors | onnx | torchscript
@@ -122,9 +137,10 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
     byteorder: str = "little"
     root: Any = None  # the recorded object tree (torch formats): for --key and other lookups
-    storages: dict[str, StorageInfo] = field(default_factory=dict, repr=False)  # every storage in the file
-    _maps: dict[str, mmap.mmap] = field(default_factory=dict, repr=False)
-    _cache: tuple[tuple[str, str | None, int], bytes] | None = field(default=None, repr=False)
+    storages: dict[str, StorageInfo] = field(default_factory=dict)  # every storage in the file
+    opener: Callable[[str], Source] = field(default=open_source)  # how a path in a ByteSource is opened
+    _sources: dict[str, Source] = field(default_factory=dict)
+    _index: tuple[int, int, dict[str, TensorInfo]] | None = None
 
     # -- summaries ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -133,11 +149,30 @@ class Checkpoint:
     def __iter__(self) -> Iterator[TensorInfo]:
         return iter(self.tensors)
 
+    def _by_name(self) -> dict[str, TensorInfo]:
+        idx = self._index
+        if idx is None or idx[0] != id(self.tensors) or idx[1] != len(self.tensors):  # ``tensors`` was replaced
+            by: dict[str, TensorInfo] = {}
+            for t in self.tensors:
+                by.setdefault(t.name, t)
+            idx = self._index = (id(self.tensors), len(self.tensors), by)
+        return idx[2]
+
     def __getitem__(self, name: str) -> TensorInfo:
-        for t in self.tensors:
-            if t.name == name:
-                return t
-        raise KeyNotFoundError(f"no tensor named {name!r}", path=self.path)
+        t = self._by_name().get(name)
+        if t is None:
+            raise KeyNotFoundError(f"no tensor named {name!r}", path=self.path)
+        return t
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._by_name()
+
+    def __repr__(self) -> str:
+        where = f", state_dict {self.state_dict_key!r}" if self.state_dict_key else ""
+        return (
+            f"<Checkpoint {self.path!r} ({self.format}): {len(self.tensors)} tensors, "
+            f"{self.total_numel:,} elements, {self.total_bytes:,} bytes{where}>"
+        )
 
     def names(self) -> list[str]:
         return [t.name for t in self.tensors]
@@ -168,13 +203,11 @@ class Checkpoint:
             "notes": self.notes,
         }
 
-    # -- byte access -------------------------------------------------------------------------
+    # -- byte access: the one path ------------------------------------------------------------
     def close(self) -> None:
-        for m in self._maps.values():
-            with contextlib.suppress(BufferError):  # a caller still holds a view; it closes when released
-                m.close()
-        self._maps.clear()
-        self._cache = None
+        for src in self._sources.values():
+            src.close()
+        self._sources.clear()
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -182,89 +215,161 @@ class Checkpoint:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _map(self, path: str) -> mmap.mmap:
-        m = self._maps.get(path)
-        if m is None:
-            with open(path, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                if size == 0:
-                    raise CorruptFileError("file is empty", path=path)
-                m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            self._maps[path] = m
-        return m
+    def source(self, path: str) -> Source:
+        """The open Source for a file named in a ByteSource (opened on first use, closed by :meth:`close`)."""
+        src = self._sources.get(path)
+        if src is None:
+            src = self._sources[path] = self.opener(path)
+        return src
 
-    def storage_bytes(self, storage: StorageInfo, start: int = 0, stop: int | None = None) -> memoryview | bytes:
-        """Raw bytes [start, stop) of a storage (byte offsets relative to the storage)."""
+    def is_raw(self, storage: StorageInfo) -> bool:
+        """Are the storage's bytes its values as they are: undecoded, and little-endian (or single bytes)?
+        The one place this is decided; everything that copies or views bytes in place asks here."""
+        src = storage.source
+        return (
+            src is not None
+            and src.decoder is None
+            and not (self.byteorder == "big" and dtypes.lookup(storage.dtype).itemsize > 1)
+        )
+
+    def raw_range(self, t: TensorInfo) -> tuple[str, int] | None:
+        """(file, absolute offset) where the tensor's own bytes sit as one contiguous little-endian run, or None
+        when they need work first (a strided view, big-endian bytes, a compressed zip record, ONNX typed fields)."""
+        st = t.storage
+        if st is None or not self.is_raw(st) or not t.is_contiguous:
+            return None
+        src = st.source
+        assert src is not None
+        start = t.storage_offset * t.itemsize
+        if start < 0 or start + t.nbytes > src.nbytes:
+            raise CorruptFileError(
+                f"tensor {t.name!r} reaches byte {start + t.nbytes} of a storage that holds {src.nbytes}",
+                path=self.path,
+            )
+        return src.path, src.offset + start
+
+    def storage_chunks(
+        self, storage: StorageInfo, start: int, stop: int, buf: bytearray
+    ) -> Iterator[bytes | memoryview]:
+        """The storage's bytes [start, stop) (offsets relative to the storage), as stored (no byte swap), streamed
+        through ``buf``: a yielded view is valid until the next step."""
+        where = storage.source
+        if where is None:
+            raise CorruptFileError(f"storage {storage.key!r} has no bytes in the file", path=self.path)
+        limit = storage.nbytes if where.decoder is not None else where.nbytes  # decoded size / bytes on disk
+        if start < 0 or stop > limit:
+            raise CorruptFileError(
+                f"storage {storage.key!r} needs bytes up to {stop} but holds {limit}", path=where.path
+            )
+        src = self.source(where.path)
+        if where.decoder is not None:
+            yield from where.decoder.chunks(src, where, start, stop, buf)
+            return
+        if where.offset + stop > src.size:
+            raise CorruptFileError(
+                f"storage {storage.key!r} needs bytes up to {where.offset + stop} but the file has {src.size} "
+                "(truncated?)",
+                path=where.path,
+            )
+        mv = memoryview(buf)
+        pos = start
+        while pos < stop:
+            k = min(len(buf), stop - pos)
+            src.read_into(where.offset + pos, mv[:k])
+            yield mv[:k]
+            pos += k
+
+    def storage_bytes(self, storage: StorageInfo, start: int = 0, stop: int | None = None) -> bytes:
+        """Bytes [start, stop) of a storage (byte offsets relative to the storage), as stored."""
         src = storage.source
         if src is None:
             raise CorruptFileError(f"storage {storage.key!r} has no bytes in the file", path=self.path)
         stop = src.nbytes if stop is None else stop
-        if src.compressed or src.encoding != "raw":
-            return self._decoded(storage, src)[start:stop]
-        m = self._map(src.path)
-        if src.offset + stop > len(m):
-            raise CorruptFileError(
-                f"storage {storage.key!r} needs bytes up to {src.offset + stop} but the file has {len(m)}",
-                path=src.path,
-            )
-        return memoryview(m)[src.offset + start : src.offset + stop]
-
-    def _decoded(self, storage: StorageInfo, src: ByteSource) -> bytes:
-        """Bytes that are not raw on disk (a deflated zip member, ONNX typed fields), decoded once.
-
-        Only the most recent storage is kept, so streaming a file of such storages costs one storage of memory
-        instead of re-inflating from the start for every chunk."""
-        key = (src.path, src.member, src.offset)
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
-        need = storage.nbytes
-        if src.compressed:
-            import zipfile
-            import zlib
-
-            try:
-                with zipfile.ZipFile(self.path) as zf, zf.open(src.member or "") as fh:
-                    data = fh.read(need + 1)
-            except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as e:
-                raise CorruptFileError(f"cannot inflate {src.member!r} ({e})", path=self.path) from None
-            if len(data) < need:
-                raise CorruptFileError(f"{src.member!r} inflates to {len(data)} bytes, expected {need}", path=self.path)
-        else:
-            from .formats.onnx import decode_typed_field
-
-            data = decode_typed_field(self._map(src.path), src, storage.dtype)
-        self._cache = (key, data)
-        return data
+        out = bytearray()
+        for chunk in self.storage_chunks(storage, start, stop, bytearray(min(CHUNK, max(stop - start, 1)))):
+            out += chunk
+        return bytes(out)
 
     def read_bytes(self, t: TensorInfo) -> bytes:
         """The tensor's own elements, C-contiguous, little-endian."""
-        return b"".join(self.iter_chunks(t))
+        out = bytearray()
+        for chunk in self.iter_chunks(t, buf=bytearray(min(CHUNK, max(t.nbytes, 1)))):
+            out += chunk
+        return bytes(out)
 
-    def iter_chunks(self, t: TensorInfo, chunk_bytes: int = 16 << 20) -> Iterator[bytes | memoryview]:
-        """Stream the tensor's own elements in C order (little-endian), in chunks of about ``chunk_bytes``."""
+    def iter_chunks(
+        self, t: TensorInfo, chunk_bytes: int = CHUNK, buf: bytearray | None = None
+    ) -> Iterator[bytes | memoryview]:
+        """THE chunk iterator: the tensor's own elements in C order, little-endian, in chunks of about
+        ``chunk_bytes`` (export, diff, scan, runtime, extract and the writers' verification all read here).
+
+        With ``buf``, chunks are views into it, valid until the next step (no allocation per chunk); without,
+        each chunk is its own ``bytes``. Contiguous raw bytes are read with ``readinto`` (see
+        :mod:`ckptool.sources.local` for the measurement); big-endian files are swapped chunk by chunk;
+        strided views gather the span of their storage that they touch.
+        """
         if t.storage is None:
             raise CorruptFileError(f"tensor {t.name!r} has no storage", path=self.path)
-        size = t.itemsize
         if t.nbytes == 0:
             return
+        size = t.itemsize
+        own = buf is None
+        if buf is None:
+            buf = bytearray(max(size, min(chunk_bytes, t.nbytes)))
+        if len(buf) % size:
+            buf = bytearray(max(size, len(buf) - len(buf) % size))
         swap = self.byteorder == "big" and size > 1
-        if t.is_contiguous and not swap:
+        if t.is_contiguous:
             start = t.storage_offset * size
-            stop = start + t.nbytes
-            for pos in range(start, stop, chunk_bytes):
-                yield self.storage_bytes(t.storage, pos, min(stop, pos + chunk_bytes))
+            for chunk in self.storage_chunks(t.storage, start, start + t.nbytes, buf):
+                if swap:
+                    yield _swapped(chunk, size)
+                else:
+                    yield bytes(chunk) if own else chunk
             return
         import numpy as np
 
         lo, hi = t.span()
         raw = self.storage_bytes(t.storage, lo * size, hi * size)
-        dt = np.dtype(f"V{size}")
-        base = np.frombuffer(raw, dtype=dt)
+        base = np.frombuffer(raw, dtype=np.dtype(f"V{size}"))
         stride = t.stride if t.stride is not None else t.contiguous_stride
         view = np.lib.stride_tricks.as_strided(
             base[t.storage_offset - lo :], shape=t.shape, strides=[s * size for s in stride], writeable=False
         )
-        out = np.ascontiguousarray(view)
-        if swap:
-            out = out.view(np.uint8).reshape(-1, size)[:, ::-1]
-        yield out.tobytes()
+        out = np.ascontiguousarray(view).tobytes()
+        yield _swapped(out, size) if swap else out
+
+    # -- values ---------------------------------------------------------------------------------
+    def numpy(self, name: str | TensorInfo) -> Any:
+        """The tensor's values as a new numpy array of its shape (never a view of the file).
+
+        numpy has no bfloat16 or float8: bfloat16 comes back as float32 (exact: every bfloat16 is a float32),
+        float8 variants as their uint8 bit patterns, and quantized types as their integer storage (qint8 ->
+        int8, quint8 -> uint8, qint32 -> int32), without scale or zero point.
+        """
+        import numpy as np
+
+        t = name if isinstance(name, TensorInfo) else self[name]
+        data = self.read_bytes(t)
+        kind = t.dtype
+        if kind == "bfloat16":
+            bits = np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16
+            return bits.view(np.float32).reshape(t.shape)
+        code = dtypes.lookup(kind).numpy or _NUMPY_FALLBACK.get(kind)
+        if code is None:  # pragma: no cover - every table entry has one
+            raise CorruptFileError(f"tensor {t.name!r}: no numpy type for {kind}", path=self.path)
+        return np.frombuffer(data, dtype=code).reshape(t.shape).copy()
+
+    value = numpy
+
+
+_NUMPY_FALLBACK = {
+    "float8_e4m3fn": "u1", "float8_e4m3fnuz": "u1", "float8_e5m2": "u1", "float8_e5m2fnuz": "u1",
+    "qint8": "i1", "quint8": "u1", "qint32": "<i4",
+}  # fmt: skip
+
+
+def _swapped(chunk: bytes | memoryview, size: int) -> bytes:
+    import numpy as np
+
+    return np.frombuffer(chunk, dtype=np.uint8).reshape(-1, size)[:, ::-1].tobytes()

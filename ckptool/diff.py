@@ -31,7 +31,6 @@ from typing import Any
 
 from . import dtypes
 from .checkpoint import Checkpoint, TensorInfo
-from .io import SourceReader, iter_tensor_bytes
 
 ELEMENTS = 1 << 18  # elements per comparison step and side (cache-sized float64 temporaries)
 Progress = Callable[[int, int], None]
@@ -270,14 +269,13 @@ def _rechunk(chunks: Iterator[Any], size: int) -> Iterator[Any]:
 class _Comparer:
     def __init__(self, a: Checkpoint, b: Checkpoint, atol: float, progress: Progress | None, total: int):
         self.a, self.b, self.atol = a, b, atol
-        self.reader = SourceReader()
         self.progress, self.total, self.done = progress, total, 0
 
     def close(self) -> None:
-        self.reader.close()
+        """Nothing to release: the checkpoints own their sources."""
 
     def _stream(self, ck: Checkpoint, t: TensorInfo, buf: bytearray) -> Iterator[Any]:
-        return _rechunk(iter_tensor_bytes(ck, t, self.reader, buf), len(buf))
+        return _rechunk(ck.iter_chunks(t, len(buf), buf=buf), len(buf))
 
     def compare(self, ta: TensorInfo, tb: TensorInfo) -> TensorDiff:
         import numpy as np

@@ -20,8 +20,6 @@ from typing import Any
 from .checkpoint import Checkpoint
 from .errors import KeyNotFoundError, UsageError
 
-PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-
 
 @dataclass
 class ExtractResult:
@@ -63,16 +61,11 @@ class ExtractResult:
 
 
 def output_format(out: str | os.PathLike[str]) -> str:
-    """ "safetensors" or "pth", from the output's extension."""
-    low = os.fspath(out).lower()
-    if low.endswith(".safetensors"):
-        return "safetensors"
-    if low.endswith(PTH_SUFFIXES):
-        return "pth"
-    raise UsageError(
-        f"cannot tell the output format of {os.fspath(out)!r}",
-        hint="name it OUT.safetensors, or OUT.pth / .pt / .bin for torch's zip format",
-    )
+    """ "safetensors" or "pth", from the output's extension (the writer registry decides)."""
+    from .convert import format_for_output
+
+    fmt = format_for_output(out)
+    return "pth" if fmt == "torch-zip" else fmt
 
 
 def _wrapper_prefix(names: list[str]) -> str | None:
@@ -138,14 +131,11 @@ def extract(
     try:
         mapping, pre, wrapper = plan(ck, prefix, keep_prefix=keep_prefix)
         meta = {"ckptool.extract.prefix": pre, "ckptool.extract.keep_prefix": str(keep_prefix).lower()}
-        if fmt == "safetensors":
-            from .convert.safetensors_writer import export_safetensors
+        from .convert import format_for_output, writer
+        from .convert.driver import export
 
-            res = export_safetensors(ck, dst, names=mapping, force=force, metadata=meta)
-        else:
-            from .convert.pth_writer import export_pth
-
-            res = export_pth(ck, dst, names=mapping, force=force)
+        w = writer(format_for_output(dst))
+        res = export(w, ck, dst, names=mapping, force=force, metadata=meta if w.format == "safetensors" else None)
         notes = list(res.notes)
         if wrapper:
             notes.insert(0, f"removed the {wrapper!r} prefix of every key before matching {pre!r}")

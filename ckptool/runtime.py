@@ -29,7 +29,6 @@ def build_module(spec: ArchSpec, device: str | torch.device | None = None) -> nn
 # ---------------------------------------------------------------------------------------------------
 # values and loading (shared by export --onnx, parity and predict)
 # ---------------------------------------------------------------------------------------------------
-import mmap  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Iterable  # noqa: E402
 
@@ -55,35 +54,14 @@ def torch_dtype(name: str) -> torch.dtype:
 class _StorageCache:
     """One flat uint8 tensor per storage, so tensors that share a storage share memory (as torch.load does).
 
-    Raw little-endian bytes are mapped copy-on-write (``mmap.ACCESS_COPY``): no bytes are read until used,
-    nothing is copied, and a write to a tensor (never done by ckptool) would stay private to the process.
+    Raw little-endian bytes (:meth:`Checkpoint.is_raw`) are viewed in place through the checkpoint's Source,
+    copy-on-write: no bytes are read until used, nothing is copied, and a write to a tensor (never done by
+    ckptool) would stay private to the process. Misaligned storages are read once into an aligned tensor.
     """
 
     def __init__(self, ck: Checkpoint):
         self.ck = ck
-        self.maps: dict[str, mmap.mmap] = {}
         self.flat: dict[tuple[str, str], torch.Tensor] = {}
-
-    def _map(self, path: str) -> mmap.mmap:
-        m = self.maps.get(path)
-        if m is None:
-            with open(path, "rb") as fh:
-                m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
-            self.maps[path] = m
-        return m
-
-    def _read_aligned(self, path: str, offset: int, nbytes: int, key: str) -> torch.Tensor:
-        t = torch.empty(nbytes, dtype=torch.uint8)
-        view = t.numpy().data  # a writable memoryview of the tensor's bytes
-        with open(path, "rb", buffering=0) as fh:
-            fh.seek(offset)
-            pos = 0
-            while pos < nbytes:
-                got = fh.readinto(view[pos:])
-                if not got:
-                    raise CorruptFileError(f"storage {key!r} is cut short at byte {offset + pos}", path=path)
-                pos += got
-        return t
 
     def raw(self, st: StorageInfo) -> torch.Tensor | None:
         """The storage's bytes as a uint8 tensor, or None when they cannot be used in place."""
@@ -94,26 +72,19 @@ class _StorageCache:
         hit = self.flat.get(key)
         if hit is not None:
             return hit
-        if (
-            src.compressed
-            or src.encoding != "raw"
-            or (self.ck.byteorder == "big" and dtypes.lookup(st.dtype).itemsize > 1)
-        ):
+        if not self.ck.is_raw(st):
             return None
+        source = self.ck.source(src.path)
+        view = None if src.nbytes == 0 or src.offset % 8 else source.view(src.offset, src.nbytes, writable=True)
         if src.nbytes == 0:
             t = torch.empty(0, dtype=torch.uint8)
-        elif src.offset % 8:  # misaligned for its dtype (legacy files): one aligned copy, read straight in
-            t = self._read_aligned(src.path, src.offset, src.nbytes, st.key)
+        elif view is None:  # misaligned for its dtype (legacy files), or not mappable: one aligned copy
+            t = torch.empty(src.nbytes, dtype=torch.uint8)
+            source.read_into(src.offset, t.numpy().data)
         else:
-            m = self._map(src.path)
-            if src.offset < 0 or src.offset + src.nbytes > len(m):
-                raise CorruptFileError(
-                    f"storage {st.key!r} needs bytes up to {src.offset + src.nbytes} but the file has {len(m)}",
-                    path=src.path,
-                )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                t = torch.frombuffer(m, dtype=torch.uint8, count=src.nbytes, offset=src.offset)
+                t = torch.frombuffer(view, dtype=torch.uint8)
         self.flat[key] = t
         return t
 
@@ -127,7 +98,7 @@ def _tensor_from(ck: Checkpoint, t: TensorInfo, cache: _StorageCache) -> torch.T
     size = t.itemsize
     lo, hi = t.span()
     src = t.storage.source
-    raw_src = src is not None and src.encoding == "raw" and not src.compressed
+    raw_src = src is not None and src.decoder is None
     if lo < 0 or hi * size > t.storage.nbytes or (raw_src and src is not None and hi * size > src.nbytes):
         raise CorruptFileError(
             f"tensor {t.name!r} reaches element {hi} of a storage that holds {t.storage.nbytes // size}", path=ck.path

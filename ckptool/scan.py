@@ -27,10 +27,6 @@ external-data locations outside the model's folder, and whatever the restricted 
 from __future__ import annotations
 
 import hashlib
-import itertools
-import json
-import math
-import mmap
 import os
 import pickletools
 import re
@@ -45,8 +41,9 @@ from . import dtypes
 from .checkpoint import Checkpoint, TensorInfo
 from .errors import CkptError, CorruptFileError, UnsafeFileError, UnsupportedFormatError
 from .formats import onnx as onnx_format
-from .formats import open_checkpoint, torch_zip
-from .formats.sniff import LEGACY_HEAD
+from .formats import open_checkpoint, torch_legacy, torch_zip
+from .formats import safetensors as safetensors_format
+from .formats.sniff import detect
 from .formats.unpickler import (
     DANGEROUS_MODULES,
     DANGEROUS_NAMES,
@@ -61,6 +58,7 @@ from .formats.unpickler import (
     is_torchscript_name,
     resolve_name,
 )
+from .sources import CHUNK, Source
 
 SAFE, DANGEROUS, UNKNOWN = "safe", "dangerous", "unknown"
 
@@ -68,12 +66,10 @@ PICKLE_MAGIC = tuple(bytes([0x80, p]) for p in (2, 3, 4, 5))
 # torch.hub: HASH_REGEX = re.compile(r'-([a-f0-9]*)\.'), searched in the file name; check_hash then
 # compares that prefix with the sha256 hex digest. Six hex digits at least, to avoid judging dates.
 HASH_SUFFIX = re.compile(r"-([a-f0-9]{6,64})\.")
-CHUNK = 16 << 20
 MAX_NESTED_PICKLE = 64 << 20  # bytes constants scanned as pickles up to this size
 MAX_NESTED_DEPTH = 3
 MAX_FINDINGS_PER_KIND = 50
 LEGACY_NAMES = ("magic number", "protocol version", "sys_info", "object", "storage keys")
-LEGACY_TEXT_HEAD = b"L119547037146038801333356L\n"  # the legacy magic number as a protocol 0/1 LONG
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,10 +427,11 @@ def walk_pickle(buf: Any, pos: int = 0, end: int | None = None) -> _Walk:
 # The scanner
 # --------------------------------------------------------------------------------------------
 class _Scanner:
-    def __init__(self, path: str, mm: mmap.mmap, values: bool) -> None:
-        self.path = path
-        self.mm = mm
-        self.size = len(mm)
+    def __init__(self, src: Source, values: bool) -> None:
+        self.src = src
+        self.path = path = src.name
+        self.mm = src.buffer()
+        self.size = len(self.mm)
         self.values = values
         self.report = ScanReport(path=path, format="unknown")
         self.torchscript = False
@@ -551,20 +548,17 @@ class _Scanner:
     # -- formats --------------------------------------------------------------------------------
     def scan(self) -> ScanReport:
         head = bytes(self.mm[:4096])
-        if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-            self.scan_zip()
-        elif (
-            (head[:1] == b"\x80" and head[2:14] == LEGACY_HEAD)
-            or head.startswith(LEGACY_HEAD)
-            or head.startswith(LEGACY_TEXT_HEAD)  # torch.save(..., pickle_protocol=0 or 1)
-        ):
-            self.scan_legacy()
-        elif len(head) >= 9 and head[8:9] == b"{":
-            self.scan_safetensors()
-        elif onnx_format.looks_like_onnx(head):
-            self.scan_onnx()
-        else:
+        fmt = detect(head, self.size)  # the readers' own detectors
+        scanner = {
+            torch_zip.NAME: self.scan_zip,
+            torch_legacy.NAME: self.scan_legacy,
+            safetensors_format.NAME: self.scan_safetensors,
+            onnx_format.NAME: self.scan_onnx,
+        }.get(fmt or "")
+        if scanner is None:
             self.scan_bare(head)
+        else:
+            scanner()
         self.check_hash_suffix()
         return self.report
 
@@ -622,7 +616,7 @@ class _Scanner:
 
     def scan_zip(self) -> None:
         self.report.format = "torch-zip"
-        zf = torch_zip._open_zip(self.path)
+        zf = torch_zip.open_zip(self.src)
         with zf:
             infos = zf.infolist()
             names = [i.filename for i in infos]
@@ -633,9 +627,10 @@ class _Scanner:
                     "TorchScript archive: torch.jit.load compiles and runs its code/ folder (TorchScript, not "
                     "Python); __torch__.* globals name its classes"
                 )
-            self.check_zip_structure(zf, infos)
+            for kind, message, where in torch_zip.findings(self.mm, zf, infos):
+                self.find(kind, message, where)
             for info in infos:
-                if info.is_dir():
+                if info.filename.endswith("/"):  # (ZipInfo.is_dir fails on an empty name)
                     continue
                 try:
                     self.scan_member(zf, info)
@@ -647,54 +642,6 @@ class _Scanner:
         if ck is not None:
             with ck:
                 self.check_values(ck)
-
-    def check_zip_structure(self, zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None:
-        seen: dict[str, int] = {}
-        for info in infos:
-            seen[info.filename] = seen.get(info.filename, 0) + 1
-        for name, n in seen.items():
-            if n > 1:
-                self.find("zip-duplicate", f"{n} members share this name: which one a loader reads is ambiguous", name)
-        pkls = [n for n in seen if n == "data.pkl" or n.endswith("/data.pkl")]
-        if len(pkls) > 1:
-            self.find(
-                "zip-duplicate",
-                f"{len(pkls)} data.pkl members ({', '.join(pkls[:4])}): torch reads the one under the first "
-                "member's folder, other tools may read another",
-            )
-        spans: list[tuple[int, int, str]] = []
-        for info in infos:
-            h = info.header_offset
-            if h < 0 or h + 30 > self.size or bytes(self.mm[h : h + 4]) != b"PK\x03\x04":
-                self.find("zip-corrupt", f"local header at offset {h} is missing or damaged", info.filename)
-                continue
-            name_len, extra_len = struct.unpack("<HH", self.mm[h + 26 : h + 30])
-            local = bytes(self.mm[h + 30 : h + 30 + name_len]).decode(
-                "utf-8" if info.flag_bits & 0x800 else "cp437", "replace"
-            )
-            if local != info.orig_filename:
-                self.find(
-                    "zip-name-mismatch",
-                    f"the local header names it {local[:80]!r}: tools that walk local headers see another file",
-                    info.filename,
-                )
-            data = h + 30 + name_len + extra_len
-            stop = data + info.compress_size
-            if stop > self.size:
-                self.find("zip-corrupt", f"record runs past the end of the file ({stop} > {self.size})", info.filename)
-            if info.flag_bits & 0x1:
-                self.find("zip-corrupt", "member is encrypted", info.filename)
-            spans.append((h, stop, info.filename))
-        spans.sort()
-        for (a0, a1, an), (b0, _b1, bn) in itertools.pairwise(spans):
-            if b0 < a1:
-                self.find(
-                    "zip-overlap",
-                    f"records overlap: {an!r} spans [{a0}, {a1}) and {bn!r} starts at {b0} (a zip bomb or a smuggled member)",
-                    bn,
-                )
-        if spans and zf.start_dir < max(s[1] for s in spans):
-            self.find("zip-overlap", "the central directory overlaps member data")
 
     def scan_member(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
         stored = info.compress_type == zipfile.ZIP_STORED
@@ -726,15 +673,14 @@ class _Scanner:
 
     def crc(self, info: zipfile.ZipInfo, off: int, end: int) -> None:
         crc = 0
-        with open(self.path, "rb") as fh:
-            fh.seek(off)
-            left = end - off
-            while left > 0:
-                chunk = fh.read(min(CHUNK, left))
-                if not chunk:
-                    break
-                crc = zlib.crc32(chunk, crc)
-                left -= len(chunk)
+        buf = bytearray(CHUNK)
+        mv = memoryview(buf)
+        pos = off
+        while pos < min(end, self.size):
+            k = min(CHUNK, min(end, self.size) - pos)
+            self.src.read_into(pos, mv[:k])
+            crc = zlib.crc32(mv[:k], crc)
+            pos += k
         if crc != info.CRC:
             self.find(
                 "zip-crc",
@@ -744,105 +690,9 @@ class _Scanner:
 
     def scan_safetensors(self) -> None:
         self.report.format = "safetensors"
-        mm, size = self.mm, self.size
-        where = "header"
-        if size < 8:
-            self.find("safetensors-header", "file is shorter than its 8-byte header length", where)
-            return
-        (n,) = struct.unpack("<Q", mm[:8])
-        if n > 100_000_000:
-            self.find("safetensors-header", f"header length {n} exceeds the 100 MB limit", where)
-            return
-        if 8 + n > size:
-            self.find("safetensors-header", f"header length {n} overflows the file ({size - 8} bytes after it)", where)
-            return
-        raw = bytes(mm[8 : 8 + n])
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            self.find("safetensors-header", f"header is not UTF-8 ({e.reason} at byte {8 + e.start})", where)
-            return
-        dups: list[str] = []
-
-        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-            out: dict[str, Any] = {}
-            for k, v in items:
-                if k in out:
-                    dups.append(k)
-                out[k] = v
-            return out
-
-        try:
-            header = json.loads(text, object_pairs_hook=pairs)
-        except (ValueError, RecursionError) as e:
-            self.find("safetensors-header", f"header is not valid JSON ({str(e)[:120]})", where)
-            return
-        for k in dict.fromkeys(dups):
-            self.find("safetensors-header", f"duplicate key {k!r}: which entry a reader keeps is ambiguous", where)
-        if not isinstance(header, dict):
-            self.find("safetensors-header", "header is not a JSON object", where)
-            return
-        meta = header.pop("__metadata__", None)
-        if meta is not None and not (
-            isinstance(meta, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
-        ):
-            self.find("safetensors-header", "__metadata__ must map strings to strings", where)
-        data_len = size - 8 - n
-        spans: list[tuple[int, int, str]] = []
-        for name, entry in header.items():
-            if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-                self.find("safetensors-header", f"tensor {name!r}: entry must have exactly dtype, shape, data_offsets")
-                continue
-            code, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
-            dt = dtypes.BY_SAFETENSORS.get(code) if isinstance(code, str) else None
-            ok_shape = isinstance(shape, list) and all(
-                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-            )
-            ok_offs = (
-                isinstance(offs, list)
-                and len(offs) == 2
-                and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offs)
-            )
-            if dt is None:
-                self.find("safetensors-header", f"tensor {name!r}: unknown dtype {code!r}")
-            if not ok_shape:
-                self.find(
-                    "safetensors-header", f"tensor {name!r}: shape {str(shape)[:80]} is not a list of non-negative ints"
-                )
-            if not ok_offs:
-                self.find("safetensors-header", f"tensor {name!r}: data_offsets {str(offs)[:80]} is not [begin, end]")
-                continue
-            begin, end = offs
-            if end < begin:
-                self.find("safetensors-header", f"tensor {name!r}: data_offsets {offs} end before they begin")
-                continue
-            if dt is not None and ok_shape and end - begin != math.prod(shape) * dt.itemsize:
-                self.find(
-                    "safetensors-header",
-                    f"tensor {name!r}: data_offsets hold {end - begin} bytes but {shape} x {dt.name} needs "
-                    f"{math.prod(shape) * dt.itemsize}",
-                )
-            spans.append((begin, end, name))
-        expect = 0
-        for begin, end, name in sorted(spans):
-            if begin > expect:
-                self.find(
-                    "safetensors-header", f"tensor {name!r}: a gap of {begin - expect} bytes before it at {expect}"
-                )
-            elif begin < expect:
-                self.find(
-                    "safetensors-header", f"tensor {name!r}: data_offsets [{begin}, {end}] overlap the previous tensor"
-                )
-            expect = max(expect, end)
-        if expect != data_len:
-            what = (
-                "runs past the end of the file" if expect > data_len else f"leaves {data_len - expect} bytes uncovered"
-            )
-            self.find(
-                "safetensors-header",
-                f"the tensors cover {expect} bytes of the {data_len}-byte data region: the header {what}",
-            )
-        if self._counts.get("safetensors-header"):
+        for kind, message, where in safetensors_format.findings(self.mm):
+            self.find(kind, message, where)
+        if self._counts.get(safetensors_format.KIND):
             return
         ck = self.open_reader()
         if ck is not None:
@@ -942,29 +792,15 @@ def sha256_file(path: str) -> str:
 # Values
 # --------------------------------------------------------------------------------------------
 def _chunks(ck: Checkpoint, t: TensorInfo) -> Iterator[bytes | memoryview]:
-    """The bytes to check for a tensor, streamed: its own elements when contiguous, otherwise the span of its
-    storage that it touches (a superset; never materialises a strided or broadcast view)."""
+    """The bytes to check for a tensor, streamed through the checkpoint's one byte path: its own elements when
+    contiguous, otherwise the span of its storage that it touches (a superset; never materialises a strided
+    or broadcast view). Bytes come as stored: :func:`tensor_stats` reads them in the file's byte order."""
     st = t.storage
     if st is None:
         raise CorruptFileError(f"tensor {t.name!r} has no storage", path=ck.path)
     size = t.itemsize
     lo, hi = (t.storage_offset, t.storage_offset + t.numel) if t.is_contiguous else t.span()
-    start, stop = lo * size, hi * size
-    src = st.source
-    step = CHUNK - CHUNK % max(size, 1)
-    if src is not None and src.encoding == "raw" and not src.compressed:
-        if stop > src.nbytes:
-            raise CorruptFileError(f"needs bytes up to {stop} but the storage holds {src.nbytes}", path=ck.path)
-        with open(src.path, "rb") as fh:
-            for pos in range(start, stop, step):
-                n = min(step, stop - pos)
-                data = os.pread(fh.fileno(), n, src.offset + pos)
-                if len(data) != n:
-                    raise CorruptFileError(f"storage {st.key!r} is truncated", path=src.path)
-                yield data
-        return
-    for pos in range(start, stop, step):
-        yield ck.storage_bytes(st, pos, min(stop, pos + step))
+    yield from ck.storage_chunks(st, lo * size, hi * size, bytearray(CHUNK - CHUNK % max(size, 1)))
 
 
 def tensor_stats(ck: Checkpoint, t: TensorInfo) -> tuple[int, int, int, int | None]:
@@ -1018,17 +854,17 @@ def scan(path: str | os.PathLike[str], *, values: bool = True) -> ScanReport:
     the filename hash) for a header-only pass.
     """
     path = os.fspath(path)
-    from .formats.sniff import open_map
+    from .sources import open_source
 
-    mm = open_map(path)[0]
+    src = open_source(path, allow_empty=False)
     try:
-        return _Scanner(path, mm, values).scan()
+        return _Scanner(src, values).scan()
     except RecursionError:
         raise CorruptFileError("structure nests too deeply to scan", path=path) from None
     except MemoryError:
         raise CorruptFileError("file asks for more memory than it can hold", path=path) from None
     finally:
-        mm.close()
+        src.close()
 
 
 __all__ = ["DANGEROUS", "DANGEROUS_MODULES", "DANGEROUS_NAMES", "SAFE", "UNKNOWN", "Finding", "GlobalRef", "PickleInfo", "ScanReport", "classify", "scan",

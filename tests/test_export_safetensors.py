@@ -343,8 +343,8 @@ def test_verify_catches_a_corrupted_copy(tmp_path: Path, monkeypatch: pytest.Mon
     src = save_sd(sd, tmp_path / "src.pth")
     real = stw.copy_range
 
-    def corrupting(reader: Any, path: str, offset: int, nbytes: int, fd: int, buf: bytearray, progress: Any) -> None:
-        real(reader, path, offset, nbytes - 1, fd, buf, progress)
+    def corrupting(src: Any, offset: int, nbytes: int, fd: int, buf: bytearray, progress: Any) -> None:
+        real(src, offset, nbytes - 1, fd, buf, progress)
         os.write(fd, b"\x7f")  # last byte wrong
 
     monkeypatch.setattr(stw, "copy_range", corrupting)

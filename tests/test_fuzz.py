@@ -31,6 +31,7 @@ from ckptool.formats import onnx as onnx_reader
 from ckptool.formats import open_checkpoint, safetensors, torch_legacy, torch_zip, unpickler
 from ckptool.formats._torch_tree import storage_ref
 from ckptool.scan import scan, walk_pickle
+from ckptool.sources import MemorySource
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 # keep hypothesis' caches out of the work tree
@@ -219,13 +220,13 @@ def test_scan_walk_never_raises(data: bytes) -> None:
     )
 )
 def test_legacy_reader(data: bytes) -> None:
-    only_ckpt_errors(lambda: torch_legacy.read("fuzz.pth", data))
+    only_ckpt_errors(lambda: torch_legacy.read(MemorySource("fuzz.pth", data)))
 
 
 @FUZZ
 @given(st.one_of(mutated(ST, [(0, 8 + struct.unpack("<Q", ST[:8])[0])]), st.binary(max_size=64)))
 def test_safetensors_reader(data: bytes) -> None:
-    only_ckpt_errors(lambda: safetensors.read("fuzz.safetensors", data))
+    only_ckpt_errors(lambda: safetensors.read(MemorySource("fuzz.safetensors", data)))
 
 
 @st.composite
@@ -254,7 +255,7 @@ def safetensors_headers(draw: st.DrawFn) -> bytes:
 @FUZZ
 @given(safetensors_headers())
 def test_safetensors_structured(data: bytes) -> None:
-    only_ckpt_errors(lambda: safetensors.read("fuzz.safetensors", data))
+    only_ckpt_errors(lambda: safetensors.read(MemorySource("fuzz.safetensors", data)))
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +267,7 @@ def fuzz_dir() -> Path:
 @given(st.one_of(mutated(ONNX, [(0, len(ONNX))]), st.binary(max_size=64).map(lambda b: b"\x08\x07" + b)))
 def test_onnx_reader(data: bytes) -> None:
     with tempfile.TemporaryDirectory() as d:
-        only_ckpt_errors(lambda: onnx_reader.read(os.path.join(d, "m.onnx"), data))
+        only_ckpt_errors(lambda: onnx_reader.read(MemorySource(os.path.join(d, "m.onnx"), data)))
 
 
 @FUZZ
@@ -276,7 +277,7 @@ def test_zip_reader_and_scan(fuzz_dir: Path, data: bytes) -> None:
     path.write_bytes(data)
     only_ckpt_errors(lambda: open_checkpoint(path))
     only_ckpt_errors(lambda: scan(path))
-    only_ckpt_errors(lambda: torch_zip.read(str(path), data) if data else None)
+    only_ckpt_errors(lambda: torch_zip.read(MemorySource(str(path), data)) if data else None)
 
 
 @FUZZ

@@ -108,9 +108,7 @@ def test_permission_denied_is_exit_2_with_one_line(cli, tmp_path: Path, monkeypa
     """Root reads any file, so the test makes open() refuse, as the kernel does for other users."""
     import builtins
 
-    import ckptool.formats.sniff as sniff
-
-    scan_module = importlib.import_module("ckptool.scan")  # the module (ckptool.scan is the API function)
+    import ckptool.sources.local as local  # the one byte path: every file is opened there
 
     path = tmp_path / "locked.pth"
     shutil.copyfile(FIXTURES / "tiny_vgg.pth", path)
@@ -121,8 +119,7 @@ def test_permission_denied_is_exit_2_with_one_line(cli, tmp_path: Path, monkeypa
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *a, **kw)
 
-    monkeypatch.setattr(sniff, "open", refuse, raising=False)
-    monkeypatch.setattr(scan_module, "open", refuse, raising=False)
+    monkeypatch.setattr(local, "open", refuse, raising=False)
     r = cli(command, path)
     assert r.exit_code == 2 and r.stdout == ""
     assert r.stderr == f"ckptool: error: {path}: permission denied\n"

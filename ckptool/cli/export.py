@@ -131,14 +131,10 @@ def _export_tensors(
     ck = open_checkpoint(path, key=key)
     bar = o.progress(f"{kind} {target.name}")
     try:
-        if kind == "safetensors":
-            from ..convert.safetensors_writer import export_safetensors
+        from ..convert import writer
+        from ..convert.driver import export as run_writer
 
-            r = export_safetensors(ck, target, force=force, verify=verify, progress=bar)
-        else:
-            from ..convert.pth_writer import export_pth
-
-            r = export_pth(ck, target, force=force, verify=verify, progress=bar)
+        r = run_writer(writer(kind), ck, target, force=force, verify=verify, progress=bar)
     finally:
         bar.close()
         ck.close()

@@ -15,7 +15,7 @@ pass):
 5. stream the model to disk: one self-contained file below 2 GB, external data (``OUT.data``) above it or on
    request; written in a temporary folder next to the target;
 6. ``onnx.checker.check_model(path, full_check=True)``, then the parity check (:mod:`ckptool.parity`);
-7. only then are the files renamed into place (:func:`ckptool.io.atomic_outputs`). A failed parity check
+7. only then are the files renamed into place (:func:`ckptool.convert.atomic.atomic_outputs`). A failed parity check
    leaves nothing behind either: the result says by how much it failed.
 """
 
@@ -41,7 +41,6 @@ from ..errors import (  # the error classes live in errors.py; importable from h
     UsageError,
     first_line,
 )
-from ..io import atomic_outputs, check_output
 from ..parity import (
     DEFAULT_ATOL,
     DEFAULT_BATCH,
@@ -53,6 +52,7 @@ from ..parity import (
     load_reference,
     run_parity,
 )
+from .atomic import atomic_outputs, check_output
 
 EXPORT_SAMPLES = 2  # the parity check after an export: one batch of 2 (a batch above the example's 1)
 DEFAULT_OPSET = 18  # what torch's exporter emits natively (torchlib is written for opset 18): no conversion

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,19 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import dtypes
-from ..checkpoint import Checkpoint, TensorInfo
+from ..checkpoint import Checkpoint, StorageInfo, TensorInfo
 from ..errors import CkptError, CorruptFileError
-from ..io import CHUNK, SourceReader, atomic_output, background_fsync, reopen_written, verification_failed, write_all
-from .safetensors_writer import (
-    ExportResult,
-    Progress,
-    Ticker,
-    select,
-    shared_groups,
-    source_files,
-    storage_id,
-    wrap_write_error,
-)
+from ..sources import open_source
+from .atomic import write_all
+from .driver import ExportResult, Progress, Ticker, export, reopen_written, storage_id, verification_failed
 
 ALIGN = 64
 ZIP64_LIMIT = 0xFFFFFFFF  # sizes/offsets at or above this go to zip64 extra fields (tests lower it)
@@ -60,9 +51,10 @@ class _Storage:
     key: str  # record name under data/
     dtype: str  # element type of the tensors using it
     nbytes: int
-    # where the bytes come from: a raw little-endian byte range of a file, or one tensor via iter_chunks
-    path: str | None = None
-    offset: int = 0
+    # where the bytes come from: a raw byte range [start, start + nbytes) of a source storage, or one tensor
+    # through Checkpoint.iter_chunks
+    source: StorageInfo | None = None
+    start: int = 0
     tensor: TensorInfo | None = None
     crc: int = 0
 
@@ -86,26 +78,13 @@ class _Plan:
     storages: list[_Storage] = field(default_factory=list)
 
 
-def _raw_storage(ck: Checkpoint, t: TensorInfo) -> tuple[str, int] | None:
-    """(file, absolute offset of the storage's first byte) when its bytes can be copied as they are."""
-    st = t.storage
-    if st is None or st.source is None:
-        return None
-    src = st.source
-    if src.compressed or src.encoding != "raw":
-        return None
-    if ck.byteorder == "big" and t.itemsize > 1:
-        return None
-    return src.path, src.offset
-
-
 def plan(ck: Checkpoint, pairs: list[tuple[str, TensorInfo]]) -> _Plan:
     """Storages and tensor records for the output, in source order."""
     keys: list[tuple[Any, ...] | None] = []
     spans: dict[tuple[Any, ...], tuple[int, int]] = {}
     for _name, t in pairs:
         stride = t.stride if t.stride is not None else t.contiguous_stride
-        if t.numel == 0 or any(s < 0 for s in stride) or _raw_storage(ck, t) is None:
+        if t.numel == 0 or any(s < 0 for s in stride) or t.storage is None or not ck.is_raw(t.storage):
             keys.append(None)  # its own contiguous storage, made by iter_chunks
             continue
         k = (*storage_id(t), t.dtype)
@@ -126,12 +105,11 @@ def plan(ck: Checkpoint, pairs: list[tuple[str, TensorInfo]]) -> _Plan:
         lo, hi = spans[k]
         st_or_none = made.get(k)
         if st_or_none is None:
-            src = _raw_storage(ck, t)
-            assert src is not None and t.storage is not None and t.storage.source is not None
+            assert t.storage is not None and t.storage.source is not None
             if lo < 0 or hi * t.itemsize > t.storage.source.nbytes:
                 raise CorruptFileError(f"tensor {t.name!r} reaches outside its storage", path=ck.path)
             st_or_none = _Storage(
-                str(len(p.storages)), t.dtype, (hi - lo) * t.itemsize, src[0], src[1] + lo * t.itemsize
+                str(len(p.storages)), t.dtype, (hi - lo) * t.itemsize, source=t.storage, start=lo * t.itemsize
             )
             p.storages.append(st_or_none)
             made[k] = st_or_none
@@ -387,18 +365,115 @@ def _archive_name(out: Path) -> str:
     return stem or "archive"
 
 
-def _storage_chunks(ck: Checkpoint, s: _Storage, reader: SourceReader, buf: bytearray) -> Iterator[memoryview | bytes]:
+def _storage_chunks(ck: Checkpoint, s: _Storage, buf: bytearray) -> Iterator[memoryview | bytes]:
+    """The bytes of an output storage, through the checkpoint's one byte path."""
     if s.tensor is not None:
-        yield from ck.iter_chunks(s.tensor, len(buf))
-        return
-    assert s.path is not None
-    mv = memoryview(buf)
-    done = 0
-    while done < s.nbytes:
-        k = min(len(buf), s.nbytes - done)
-        reader.read_into(s.path, s.offset + done, mv[:k])
-        yield mv[:k]
-        done += k
+        return ck.iter_chunks(s.tensor, len(buf), buf=buf)
+    assert s.source is not None
+    return ck.storage_chunks(s.source, s.start, s.start + s.nbytes, buf)
+
+
+@dataclass
+class _Written:
+    """The plan of one .pth file: its storages and records, data.pkl, the archive name."""
+
+    p: _Plan
+    arc: str
+    pkl: bytes
+    serialization_id: str
+    metadata: dict[str, str]
+
+    @property
+    def tensors(self) -> int:
+        return len(self.p.entries)
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(s.nbytes for s in self.p.storages)
+
+
+class TorchZipWriter:
+    format = "torch-zip"
+    verify_method = "re-read the written file with ckptool's reader; compared every record's CRC-32 with the source's"
+
+    def plan(
+        self, ck: Checkpoint, pairs: list[tuple[str, TensorInfo]], out: Path, metadata: dict[str, str] | None
+    ) -> _Written:
+        p = plan(ck, pairs)
+        arc = _archive_name(out)
+        pkl = _Pickler().state_dict(p.entries)
+        ident = hashlib.sha256(pkl + b"".join(struct.pack("<Q", s.nbytes) for s in p.storages)).digest()
+        serialization_id = f"{int.from_bytes(ident[:16], 'big'):040d}"[:40]
+        return _Written(p, arc, pkl, serialization_id, {"archive": arc})
+
+    def write(self, ck: Checkpoint, w: _Written, fd: int, buf: bytearray, tick: Ticker) -> int:
+        arc = w.arc
+        z = _ZipWriter(fd)
+        z.add(f"{arc}/data.pkl", w.pkl)
+        z.add(f"{arc}/.format_version", b"1")
+        z.add(f"{arc}/.storage_alignment", str(ALIGN).encode())
+        z.add(f"{arc}/byteorder", b"little")
+        for s in w.p.storages:
+            rec = z.begin(f"{arc}/data/{s.key}", s.nbytes)
+            crc = 0
+            n = 0
+            for chunk in _storage_chunks(ck, s, buf):
+                crc = zlib.crc32(chunk, crc)
+                z.write(chunk)
+                n += len(chunk)
+                tick(len(chunk))
+            if n != s.nbytes:
+                raise CorruptFileError(f"storage for {s.key!r} yielded {n} bytes, expected {s.nbytes}", path=ck.path)
+            z.end(rec, crc)
+            s.crc = crc
+        z.add(f"{arc}/version", b"3\n")
+        z.add(f"{arc}/.data/serialization_id", w.serialization_id.encode())
+        z.finish()
+        return z.pos
+
+    def verify(self, ck: Checkpoint, w: _Written, tmp: str, buf: bytearray, tick: Ticker, out: Path) -> None:
+        p = w.p
+
+        def fail(msg: str) -> CkptError:
+            return verification_failed(msg, out)
+
+        names = [e.name for e in p.entries]
+        with reopen_written(tmp, out, "torch-zip", names, ordered=True) as written, open_source(tmp) as back:
+            got = {t.name: t for t in written.tensors}
+            records: dict[str, tuple[int, int]] = {}
+            for e in p.entries:
+                t = got[e.name]
+                st = t.storage
+                stride = t.stride if t.stride is not None else t.contiguous_stride
+                if (
+                    st is None
+                    or st.source is None
+                    or t.dtype != e.t.dtype
+                    or t.shape != e.t.shape
+                    or stride != e.stride
+                    or t.storage_offset != e.offset
+                    or st.key != e.storage.key
+                    or st.source.nbytes != e.storage.nbytes
+                    or t.is_parameter != e.t.is_parameter
+                ):
+                    raise fail(f"tensor {e.name!r} does not read back as planned")
+                records[st.key] = (st.source.offset, st.source.nbytes)
+            mv = memoryview(buf)
+            for s in p.storages:
+                off, n = records[s.key]
+                crc = 0
+                done = 0
+                while done < n:
+                    k = min(len(buf), n - done)
+                    back.read_into(off + done, mv[:k])
+                    crc = zlib.crc32(mv[:k], crc)
+                    done += k
+                    tick(k)
+                if crc != s.crc:
+                    raise fail(f"storage record data/{s.key} differs from the source bytes (CRC-32 mismatch)")
+
+
+WRITER = TorchZipWriter()
 
 
 def export_pth(
@@ -416,102 +491,4 @@ def export_pth(
     checked unless ``verify=False``. ``progress(done, total)`` counts bytes written and, when verifying,
     bytes re-read (``total`` is twice the storage bytes then).
     """
-    t0 = time.perf_counter()
-    pairs = select(ck, names)
-    p = plan(ck, pairs)
-    out_path = Path(os.fspath(out))
-    arc = _archive_name(out_path)
-    pkl = _Pickler().state_dict(p.entries)
-    data_bytes = sum(s.nbytes for s in p.storages)
-    tick = Ticker(progress, data_bytes * (2 if verify else 1))
-    buf = bytearray(CHUNK)
-    ident = hashlib.sha256(pkl + b"".join(struct.pack("<Q", s.nbytes) for s in p.storages)).digest()
-    serialization_id = f"{int.from_bytes(ident[:16], 'big'):040d}"[:40]
-    with SourceReader() as reader, atomic_output(out_path, force=force, protect=source_files(ck)) as fh:
-        z = _ZipWriter(fh.fileno())
-        try:
-            z.add(f"{arc}/data.pkl", pkl)
-            z.add(f"{arc}/.format_version", b"1")
-            z.add(f"{arc}/.storage_alignment", str(ALIGN).encode())
-            z.add(f"{arc}/byteorder", b"little")
-            for s in p.storages:
-                rec = z.begin(f"{arc}/data/{s.key}", s.nbytes)
-                crc = 0
-                n = 0
-                for chunk in _storage_chunks(ck, s, reader, buf):
-                    crc = zlib.crc32(chunk, crc)
-                    z.write(chunk)
-                    n += len(chunk)
-                    tick(len(chunk))
-                if n != s.nbytes:
-                    raise CorruptFileError(
-                        f"storage for {s.key!r} yielded {n} bytes, expected {s.nbytes}", path=ck.path
-                    )
-                z.end(rec, crc)
-                s.crc = crc
-            z.add(f"{arc}/version", b"3\n")
-            z.add(f"{arc}/.data/serialization_id", serialization_id.encode())
-            z.finish()
-        except OSError as e:
-            raise wrap_write_error(e, out_path) from None
-        if verify:
-            with background_fsync(fh.fileno()):
-                _verify(fh.name, p, reader, buf, tick, out_path)
-        file_bytes = z.pos
-    return ExportResult(
-        out=str(out_path),
-        format="torch-zip",
-        source=ck.path,
-        source_format=ck.format,
-        state_dict_key=ck.state_dict_key,
-        tensors=len(p.entries),
-        bytes=data_bytes,
-        file_bytes=file_bytes,
-        verified=verify,
-        verify_method="re-read the written file with ckptool's reader; compared every record's CRC-32 with the source's"
-        if verify
-        else None,
-        skipped=len(ck.tensors) - len(pairs),
-        shared=shared_groups(pairs),
-        metadata={"archive": arc},
-        seconds=time.perf_counter() - t0,
-    )
-
-
-def _verify(tmp: str, p: _Plan, reader: SourceReader, buf: bytearray, tick: Ticker, out: Path) -> None:
-    def fail(msg: str) -> CkptError:
-        return verification_failed(msg, out)
-
-    with reopen_written(tmp, out, "torch-zip", [e.name for e in p.entries], ordered=True) as written:
-        got = {t.name: t for t in written.tensors}
-        records: dict[str, tuple[int, int]] = {}
-        for e in p.entries:
-            w = got[e.name]
-            st = w.storage
-            stride = w.stride if w.stride is not None else w.contiguous_stride
-            if (
-                st is None
-                or st.source is None
-                or w.dtype != e.t.dtype
-                or w.shape != e.t.shape
-                or stride != e.stride
-                or w.storage_offset != e.offset
-                or st.key != e.storage.key
-                or st.source.nbytes != e.storage.nbytes
-                or w.is_parameter != e.t.is_parameter
-            ):
-                raise fail(f"tensor {e.name!r} does not read back as planned")
-            records[st.key] = (st.source.offset, st.source.nbytes)
-        mv = memoryview(buf)
-        for s in p.storages:
-            off, n = records[s.key]
-            crc = 0
-            done = 0
-            while done < n:
-                k = min(len(buf), n - done)
-                reader.read_into(tmp, off + done, mv[:k])
-                crc = zlib.crc32(mv[:k], crc)
-                done += k
-                tick(k)
-            if crc != s.crc:
-                raise fail(f"storage record data/{s.key} differs from the source bytes (CRC-32 mismatch)")
+    return export(WRITER, ck, out, force=force, verify=verify, names=names, progress=progress)

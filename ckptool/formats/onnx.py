@@ -15,6 +15,9 @@ from typing import Any
 from .. import dtypes
 from ..checkpoint import ByteSource, Checkpoint, StorageInfo, TensorInfo
 from ..errors import CorruptFileError, UnsafeFileError
+from ..sources import Source
+
+NAME = "onnx"
 
 
 class _Wire(Exception):
@@ -89,6 +92,10 @@ def _count_varints(buf: Any, span: tuple[int, int]) -> int:
 
 
 MODEL_FIELDS = {1, 2, 3, 4, 5, 6, 7, 8, 14, 20, 25}  # ModelProto's field numbers
+
+
+def detect(head: bytes, size: int) -> bool:
+    return looks_like_onnx(head)
 
 
 def looks_like_onnx(head: bytes) -> bool:
@@ -301,7 +308,7 @@ def _initializer(
                 f"initializer {name!r}: typed data holds {got} {unit}, but {list(shape)} x {dt.name} needs {want}",
                 path=path,
             )
-        src = ByteSource(path, span[0], span[1] - span[0], encoding=enc)
+        src = ByteSource(path, span[0], span[1] - span[0], encoding=enc, decoder=TypedField(enc, dt.name))
     elif numel == 0:
         src = ByteSource(path, 0, 0)
     else:
@@ -462,7 +469,8 @@ def findings(buf: Any, size: int, path: str) -> Iterator[tuple[str, str, str | N
         raise CorruptFileError(f"not a valid ONNX protobuf ({e}); the file may be truncated", path=path) from None
 
 
-def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
+def read(src: Source, *, key: str | None = None) -> Checkpoint:
+    path, mm = src.name, src.buffer()
     size = len(mm)
     meta: dict[str, Any] = {"opset_import": {}, "inputs": [], "outputs": []}
     tensors: list[TensorInfo] = []
@@ -526,22 +534,35 @@ def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
         raise UsageError(
             "--key applies to torch checkpoints; an ONNX model's initializers are one flat list", path=path
         )
-    return Checkpoint(path=path, format="onnx", tensors=tensors, metadata=meta, notes=notes)
+    return Checkpoint(path=path, format=NAME, tensors=tensors, metadata=meta, notes=notes)
 
 
-def decode_typed_field(mm: Any, src: ByteSource, dtype: str) -> bytes:
+@dataclass(frozen=True)
+class TypedField:
+    """The decoder of an initializer stored in a typed repeated field (``float_data``, ``int64_data``, ...)."""
+
+    encoding: str  # fixed32 | fixed64 | varint32 | varint64
+    dtype: str
+
+    def chunks(
+        self, source: Source, where: ByteSource, start: int, stop: int, buf: bytearray
+    ) -> Iterator[bytes | memoryview]:
+        data = decode_typed_field(source.read(where.offset, where.nbytes), self.encoding, self.dtype, source.name)
+        yield data[start:stop]
+
+
+def decode_typed_field(raw: bytes, encoding: str, dtype: str, path: str) -> bytes:
     """Little-endian bytes of an initializer stored in a typed repeated field instead of raw_data."""
-    span = (src.offset, src.offset + src.nbytes)
     dt = dtypes.lookup(dtype)
-    if src.encoding in ("fixed32", "fixed64"):
-        return bytes(mm[span[0] : span[1]])
-    vals = _packed_varints(mm, span)
-    if src.encoding == "varint32":
+    if encoding in ("fixed32", "fixed64"):
+        return bytes(raw)
+    vals = _packed_varints(raw, (0, len(raw)))
+    if encoding == "varint32":
         fmt = {1: "b", 2: "H" if dtype in ("float16", "bfloat16", "uint16") else "h", 4: "i"}.get(dt.itemsize)
         if dtype in ("uint8", "bool"):
             fmt = "B"
         if fmt is None:
-            raise CorruptFileError(f"cannot decode int32_data as {dtype}", path=src.path)
+            raise CorruptFileError(f"cannot decode int32_data as {dtype}", path=path)
         vals = [v - (1 << 64) if v >= 1 << 63 else v for v in vals]
         if fmt in ("H", "B"):
             vals = [v & (0xFFFF if fmt == "H" else 0xFF) for v in vals]
@@ -551,8 +572,8 @@ def decode_typed_field(mm: Any, src: ByteSource, dtype: str) -> bytes:
     # uint64_data also carries uint32 (ONNX stores it there): pack each value at the tensor's own width
     fmt = "q" if signed else {4: "I", 8: "Q"}.get(dt.itemsize)
     if fmt is None:
-        raise CorruptFileError(f"cannot decode uint64_data as {dtype}", path=src.path)
+        raise CorruptFileError(f"cannot decode uint64_data as {dtype}", path=path)
     try:
         return struct.pack(f"<{len(vals)}{fmt}", *vals)
     except struct.error:
-        raise CorruptFileError(f"an int64/uint64 value does not fit {dtype}", path=src.path) from None
+        raise CorruptFileError(f"an int64/uint64 value does not fit {dtype}", path=path) from None

@@ -10,104 +10,162 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import dtypes
 from ..checkpoint import ByteSource, Checkpoint, StorageInfo, TensorInfo
 from ..errors import CorruptFileError
+from ..sources import Source
 
+NAME = "safetensors"
 MAX_HEADER = 100_000_000
+KIND = "safetensors-header"  # the finding kind of every rule here
+Finding = tuple[str, str, str | None]  # (kind, message, where): what scan reports, what the reader raises
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise CorruptFileError(f"safetensors header names {k!r} twice")
-        out[k] = v
-    return out
+def detect(head: bytes, size: int) -> bool:
+    """An 8-byte length, then a JSON object. A length that overflows the file still counts when the head reads
+    like a safetensors header, so that the file is reported as a broken safetensors file, not an unknown one."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    if n <= size - 8:
+        return True
+    return head[9:10] == b'"' and any(k in head for k in (b'"dtype"', b'"data_offsets"', b'"__metadata__"'))
 
 
-def parse_header(mm: Any, path: str) -> tuple[dict[str, Any], int]:
-    """(header dict, offset where the data starts). Raises CorruptFileError on any rule violation."""
-    size = len(mm)
+@dataclass
+class Parsed:
+    """What :func:`findings` read, for the reader: tensors in header order, metadata, where the data starts."""
+
+    tensors: list[tuple[str, dtypes.DType, list[int], int, int]] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    data_start: int = 0
+
+
+def findings(buf: Any, out: Parsed | None = None) -> Iterator[Finding]:
+    """Every violation of the reference implementation's rules, in file order. The reader raises the first;
+    ``scan`` lists them all. When there is none, ``out`` holds the parsed header."""
+    where = "header"
+    size = len(buf)
     if size < 8:
-        raise CorruptFileError("safetensors file shorter than its 8-byte header length", path=path)
-    (n,) = struct.unpack("<Q", mm[:8])
+        yield KIND, "file is shorter than its 8-byte header length", where
+        return
+    (n,) = struct.unpack("<Q", buf[:8])
     if n > MAX_HEADER:
-        raise CorruptFileError(f"safetensors header length {n} exceeds the 100 MB limit", path=path)
+        yield KIND, f"header length {n} exceeds the 100 MB limit", where
+        return
     if 8 + n > size:
-        raise CorruptFileError(f"safetensors header claims {n} bytes but the file has {size - 8}", path=path)
-    raw = bytes(mm[8 : 8 + n])
+        yield KIND, f"header length {n} overflows the file ({size - 8} bytes after it)", where
+        return
     try:
-        text = raw.decode("utf-8")
+        text = bytes(buf[8 : 8 + n]).decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CorruptFileError(f"safetensors header is not UTF-8 ({e.reason} at byte {e.start})", path=path) from None
+        yield KIND, f"header is not UTF-8 ({e.reason} at byte {8 + e.start})", where
+        return
+    dups: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        for k, v in items:
+            if k in d:
+                dups.append(k)
+            d[k] = v
+        return d
+
     try:
-        header = json.loads(text, object_pairs_hook=_no_duplicates)
-    except CorruptFileError as e:
-        raise CorruptFileError(e.message, path=path) from None
+        header = json.loads(text, object_pairs_hook=pairs)
     except (ValueError, RecursionError) as e:
-        raise CorruptFileError(f"safetensors header is not valid JSON ({e})", path=path) from None
+        yield KIND, f"header is not valid JSON ({str(e)[:120]})", where
+        return
+    bad = False
+    for k in dict.fromkeys(dups):
+        bad = True
+        yield KIND, f"duplicate key {k!r}: which entry a reader keeps is ambiguous", where
     if not isinstance(header, dict):
-        raise CorruptFileError("safetensors header is not a JSON object", path=path)
-    return header, 8 + n
-
-
-def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
-    header, data_start = parse_header(mm, path)
-    data_len = len(mm) - data_start
+        yield KIND, "header is not a JSON object", where
+        return
     meta = header.pop("__metadata__", None)
     if meta is not None and not (
         isinstance(meta, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
     ):
-        raise CorruptFileError("safetensors __metadata__ must map strings to strings", path=path)
-    tensors: list[TensorInfo] = []
+        bad = True
+        yield KIND, "__metadata__ must map strings to strings", where
+    data_len = size - 8 - n
+    parsed = Parsed(metadata=meta or {}, data_start=8 + n)
     spans: list[tuple[int, int, str]] = []
     for name, entry in header.items():
-        if not isinstance(entry, dict) or set(entry) - {"dtype", "shape", "data_offsets"} or len(entry) != 3:
-            raise CorruptFileError(
-                f"tensor {name!r}: header entry must have exactly dtype, shape, data_offsets", path=path
-            )
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            bad = True
+            yield KIND, f"tensor {name!r}: entry must have exactly dtype, shape, data_offsets", None
+            continue
         code, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
         dt = dtypes.BY_SAFETENSORS.get(code) if isinstance(code, str) else None
-        if dt is None:
-            raise CorruptFileError(f"tensor {name!r}: unknown dtype {code!r}", path=path)
-        if not isinstance(shape, list) or not all(
+        ok_shape = isinstance(shape, list) and all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
-            raise CorruptFileError(f"tensor {name!r}: shape {shape!r} is not a list of non-negative ints", path=path)
-        if not (
+        )
+        ok_offs = (
             isinstance(offs, list)
             and len(offs) == 2
-            and all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
-        ):
-            raise CorruptFileError(f"tensor {name!r}: data_offsets {offs!r} is not [begin, end]", path=path)
+            and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offs)
+        )
+        if dt is None:
+            bad = True
+            yield KIND, f"tensor {name!r}: unknown dtype {code!r}", None
+        if not ok_shape:
+            bad = True
+            yield KIND, f"tensor {name!r}: shape {str(shape)[:80]} is not a list of non-negative ints", None
+        if not ok_offs:
+            bad = True
+            yield KIND, f"tensor {name!r}: data_offsets {str(offs)[:80]} is not [begin, end]", None
+            continue
         begin, end = offs
-        numel = math.prod(shape)
-        if begin < 0 or end < begin or end - begin != numel * dt.itemsize:
-            raise CorruptFileError(
-                f"tensor {name!r}: data_offsets {offs} hold {end - begin} bytes, but {shape} x {dt.name} needs "
-                f"{numel * dt.itemsize}",
-                path=path,
+        if end < begin:
+            bad = True
+            yield KIND, f"tensor {name!r}: data_offsets {offs} end before they begin", None
+            continue
+        if dt is not None and ok_shape and end - begin != math.prod(shape) * dt.itemsize:
+            bad = True
+            yield (
+                KIND,
+                f"tensor {name!r}: data_offsets hold {end - begin} bytes but {shape} x {dt.name} needs "
+                f"{math.prod(shape) * dt.itemsize}",
+                None,
             )
         spans.append((begin, end, name))
-        src = ByteSource(path, data_start + begin, end - begin)
-        st = StorageInfo(name, dt.name, numel, "cpu", src)
-        tensors.append(TensorInfo(name=name, dtype=dt.name, shape=tuple(shape), storage=st))
+        if dt is not None and ok_shape:
+            parsed.tensors.append((name, dt, shape, begin, end))
     expect = 0
     for begin, end, name in sorted(spans):
-        if begin != expect:
-            what = "overlaps the previous tensor" if begin < expect else f"leaves a gap of {begin - expect} bytes"
-            raise CorruptFileError(f"tensor {name!r}: data_offsets {[begin, end]} {what}", path=path)
-        expect = end
+        if begin > expect:
+            bad = True
+            yield KIND, f"tensor {name!r}: a gap of {begin - expect} bytes before it at {expect}", None
+        elif begin < expect:
+            bad = True
+            yield KIND, f"tensor {name!r}: data_offsets [{begin}, {end}] overlap the previous tensor", None
+        expect = max(expect, end)
     if expect != data_len:
-        raise CorruptFileError(
-            f"safetensors data region has {data_len} bytes but the header covers {expect} (truncated or padded)",
-            path=path,
-        )
+        bad = True
+        what = "runs past the end of the file" if expect > data_len else f"leaves {data_len - expect} bytes uncovered"
+        yield KIND, f"the tensors cover {expect} bytes of the {data_len}-byte data region: the header {what}", None
+    if not bad and out is not None:
+        out.tensors, out.metadata, out.data_start = parsed.tensors, parsed.metadata, parsed.data_start
+
+
+def read(src: Source, *, key: str | None = None) -> Checkpoint:
+    path = src.name
+    parsed = Parsed()
+    for _kind, message, _where in findings(src.buffer(), parsed):
+        raise CorruptFileError(f"safetensors {message}", path=path)
     if key:
         from ..errors import UsageError
 
         raise UsageError("--key applies to torch checkpoints; safetensors files hold one flat mapping", path=path)
-    return Checkpoint(path=path, format="safetensors", tensors=tensors, metadata={"__metadata__": meta or {}})
+    tensors = []
+    for name, dt, shape, begin, end in parsed.tensors:
+        numel = math.prod(shape)
+        st = StorageInfo(name, dt.name, numel, "cpu", ByteSource(path, parsed.data_start + begin, end - begin))
+        tensors.append(TensorInfo(name=name, dtype=dt.name, shape=tuple(shape), storage=st))
+    return Checkpoint(path=path, format=NAME, tensors=tensors, metadata={"__metadata__": parsed.metadata})

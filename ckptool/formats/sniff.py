@@ -2,41 +2,39 @@
 
 from __future__ import annotations
 
-import mmap
 import os
-import stat
-import struct
 from collections.abc import Iterable
-from typing import Any
+from types import ModuleType
 
 from ..checkpoint import Checkpoint
-from ..errors import CkptError, CorruptFileError, UnreadableError, UnsupportedFormatError
+from ..errors import CkptError, CorruptFileError, UnsupportedFormatError
+from ..sources import Source, open_source
 from . import onnx, safetensors, torch_legacy, torch_zip, unpickler
 
-LEGACY_HEAD = b"\x8a\x0a" + torch_legacy.MAGIC_NUMBER.to_bytes(10, "little")
-
-READERS = {
-    "torch-zip": torch_zip.read,
-    "torch-legacy": torch_legacy.read,
-    "safetensors": safetensors.read,
-    "onnx": onnx.read,
+# The registry: format name -> its module (``NAME``, ``detect(head, size)``, ``read(source, key=)``,
+# optionally ``findings``). Detection runs in this order. Adding a format is one module plus one line here.
+FORMATS: dict[str, ModuleType] = {
+    torch_zip.NAME: torch_zip,
+    torch_legacy.NAME: torch_legacy,
+    safetensors.NAME: safetensors,
+    onnx.NAME: onnx,
 }
+READERS = {name: module.read for name, module in FORMATS.items()}
+
+
+def detect(head: bytes, size: int) -> str | None:
+    """The registered format whose detector claims a file starting with ``head`` (of ``size`` bytes), or None."""
+    for name, module in FORMATS.items():
+        if module.detect(head, size):
+            return name
+    return None
 
 
 def sniff_bytes(head: bytes, size: int) -> str:
-    """The format name for a file starting with ``head`` (of total ``size`` bytes)."""
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return "torch-zip"
-    if len(head) >= 14 and head[0] == 0x80 and head[2:14] == LEGACY_HEAD:
-        return "torch-legacy"
-    if head.startswith(LEGACY_HEAD):
-        return "torch-legacy"
-    if len(head) >= 9:
-        (n,) = struct.unpack("<Q", head[:8])
-        if head[8:9] == b"{" and n <= size - 8:
-            return "safetensors"
-    if onnx.looks_like_onnx(head):
-        return "onnx"
+    """The format name for a file starting with ``head`` (of total ``size`` bytes); else why it is none."""
+    name = detect(head, size)
+    if name is not None:
+        return name
     if len(head) > 262 and head[257:262] == b"ustar":
         raise UnsupportedFormatError(
             "a tar archive: this is torch's pre-0.4 tar checkpoint format (or not a checkpoint), which ckptool does not read",
@@ -55,43 +53,16 @@ def sniff_bytes(head: bytes, size: int) -> str:
     raise UnsupportedFormatError("not a checkpoint ckptool recognises (torch zip, torch legacy, safetensors, ONNX)")
 
 
-def open_map(path: str) -> tuple[Any, int]:
-    """A read-only mmap of a regular, non-empty file and its size; every failure is a CkptError naming it."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise UnreadableError("no such file", path=path) from None
-    except PermissionError:
-        raise UnreadableError("permission denied", path=path) from None
-    except (OSError, ValueError) as e:
-        raise UnreadableError(f"cannot stat ({getattr(e, 'strerror', None) or e})", path=path) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise UnreadableError("is a directory, not a checkpoint file", path=path)
-    if not stat.S_ISREG(st.st_mode):
-        raise UnreadableError("is not a regular file", path=path)
-    if st.st_size == 0:
-        raise CorruptFileError("file is empty", path=path)
-    try:
-        with open(path, "rb") as fh:
-            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), st.st_size
-    except PermissionError:
-        raise UnreadableError("permission denied", path=path) from None
-    except (OSError, ValueError) as e:
-        raise UnreadableError(f"cannot read ({e})", path=path) from None
-
-
 def detect_format(path: str | os.PathLike[str]) -> str:
-    path = os.fspath(path)
-    mm, size = open_map(path)
-    try:
-        return _sniff(mm, size, path)
-    finally:
-        mm.close()
+    with open_source(os.fspath(path), allow_empty=False) as src:
+        return sniff(src)
 
 
-def _sniff(mm: Any, size: int, path: str) -> str:
+def sniff(src: Source) -> str:
+    """The format name of a Source, from its first bytes (never from its name)."""
+    path = src.name
     try:
-        return sniff_bytes(bytes(mm[:4096]), size)
+        return sniff_bytes(src.read(0, min(4096, src.size)), src.size)
     except UnsupportedFormatError as e:
         raise UnsupportedFormatError(e.message, path=path, hint=e.hint) from None
 
@@ -117,15 +88,11 @@ def open_checkpoint(
 
 
 def _open(path: str, key: str | None) -> Checkpoint:
-    mm, size = open_map(path)
-    try:
-        fmt = _sniff(mm, size, path)
+    with open_source(path, allow_empty=False) as src:
+        fmt = sniff(src)
         try:
-            ck = READERS[fmt](path, mm, key=key)
+            return READERS[fmt](src, key=key)
         except RecursionError:
             raise CorruptFileError("structure nests too deeply", path=path) from None
         except MemoryError:
             raise CorruptFileError("file asks for more memory than it can hold", path=path) from None
-    finally:
-        mm.close()
-    return ck

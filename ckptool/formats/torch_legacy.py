@@ -13,14 +13,27 @@ from typing import Any
 from .. import dtypes
 from ..checkpoint import ByteSource, Checkpoint, StorageInfo
 from ..errors import CorruptFileError, UnsupportedFormatError
+from ..sources import Source
 from . import unpickler
 from ._torch_tree import build_checkpoint, inert_notes, storage_ref
 
+NAME = "torch-legacy"
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
+LEGACY_HEAD = b"\x8a\x0a" + MAGIC_NUMBER.to_bytes(10, "little")  # LONG1 of the magic number (protocol 2+)
+LEGACY_TEXT_HEAD = b"L119547037146038801333356L\n"  # the same as a protocol 0/1 LONG (pickle_protocol=0 or 1)
 
 
-def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
+def detect(head: bytes, size: int) -> bool:
+    return (
+        (len(head) >= 14 and head[0] == 0x80 and head[2:14] == LEGACY_HEAD)
+        or head.startswith(LEGACY_HEAD)
+        or head.startswith(LEGACY_TEXT_HEAD)
+    )
+
+
+def read(src: Source, *, key: str | None = None) -> Checkpoint:
+    path, mm = src.name, src.buffer()
     where = f"{path}: legacy header"
     magic, pos = unpickler.load(mm, 0, where=where)
     if magic != MAGIC_NUMBER:
@@ -37,6 +50,12 @@ def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
     inert: set[str] = set()
 
     def persistent_load(pid: Any) -> Any:
+        if isinstance(pid, str):  # pickle_protocol 0/1 writes persistent ids as text: the tuple's repr
+            raise UnsupportedFormatError(
+                "a legacy file saved with pickle_protocol 0 or 1: its storage ids are text reprs that ckptool "
+                "cannot parse back (its globals can still be listed with `ckptool scan`)",
+                path=path,
+            )
         ref = storage_ref(pid, legacy=True)
         root_key = ref.view_of or ref.key
         if ref.view_of is not None:

@@ -6,17 +6,22 @@ Reads the zip central directory, ``<prefix>/data.pkl`` (through the restricted u
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zipfile
 import zlib
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
 
 from .. import dtypes
 from ..checkpoint import ByteSource, Checkpoint, StorageInfo
 from ..errors import CorruptFileError, UnsupportedFormatError
+from ..sources import Source
 from . import unpickler
 from ._torch_tree import build_checkpoint, inert_notes, storage_ref
 
+NAME = "torch-zip"
 MAX_PICKLE_BYTES = 1 << 30
 MAX_COMPRESSED_PICKLE = 64 << 20  # torch stores pickles uncompressed; a deflated one is inflated in memory
 MAX_DEFLATE_RATIO = 1032  # deflate cannot expand more than this; a larger claimed size is a lie
@@ -30,13 +35,65 @@ ZIP_ERRORS: tuple[type[BaseException], ...] = (
 )  # fmt: skip
 
 
-def _open_zip(path: str) -> zipfile.ZipFile:
+class _SourceZip(zipfile.ZipFile):
+    """A ZipFile over a Source's file object, which it closes with itself."""
+
+    def __init__(self, fobj: IO[bytes]):
+        self._fobj = fobj
+        super().__init__(fobj)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._fobj.close()
+
+
+def detect(head: bytes, size: int) -> bool:
+    return head.startswith((b"PK\x03\x04", b"PK\x05\x06"))
+
+
+def open_zip(src: Source) -> zipfile.ZipFile:
+    """The zip directory of a Source; every failure is a CorruptFileError naming it."""
+    path = src.name
+    fobj = src.fileobj()
     try:
-        return zipfile.ZipFile(path)
+        return _SourceZip(fobj)
     except zipfile.BadZipFile as e:
+        fobj.close()
         raise CorruptFileError(f"not a valid zip archive ({e}); the file may be truncated", path=path) from None
     except ZIP_ERRORS as e:
+        fobj.close()
         raise CorruptFileError(f"cannot read the zip directory ({type(e).__name__}: {e})", path=path) from None
+
+
+@dataclass(frozen=True)
+class Inflate:
+    """The decoder of a deflated member: streamed inflate through :mod:`zipfile` (which checks the CRC)."""
+
+    member: str
+
+    def chunks(
+        self, source: Source, where: ByteSource, start: int, stop: int, buf: bytearray
+    ) -> Iterator[bytes | memoryview]:
+        mv = memoryview(buf)
+        pos = 0
+        try:
+            with open_zip(source) as zf, zf.open(self.member) as fh:
+                while pos < stop:
+                    k = fh.readinto(mv[: min(len(buf), stop - pos)])  # type: ignore[attr-defined]
+                    if not k:
+                        raise CorruptFileError(
+                            f"{self.member!r} inflates to {pos} bytes, expected {stop}", path=source.name
+                        )
+                    lo = max(start - pos, 0)
+                    if lo < k:
+                        yield mv[lo:k]
+                    pos += k
+        except CorruptFileError:
+            raise
+        except ZIP_ERRORS as e:
+            raise CorruptFileError(f"cannot inflate {self.member!r} ({e})", path=source.name) from None
 
 
 def check_member(mm: Any, info: zipfile.ZipInfo, path: str) -> int:
@@ -72,6 +129,61 @@ def check_member(mm: Any, info: zipfile.ZipInfo, path: str) -> int:
     return off
 
 
+def findings(buf: Any, zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> Iterator[tuple[str, str, str | None]]:
+    """The archive's structural findings, (kind, message, member): duplicate names, local headers that are
+    missing or name another file, records past the end, encrypted members, overlapping records. ``scan``
+    lists them all; the reader refuses the ambiguous ones (:data:`FATAL`) with the first."""
+    size = len(buf)
+    seen: dict[str, int] = {}
+    for info in infos:
+        seen[info.filename] = seen.get(info.filename, 0) + 1
+    for name, n in seen.items():
+        if n > 1:
+            yield ("zip-duplicate", f"{n} members share this name: which one a loader reads is ambiguous", name)
+    pkls = [n for n in seen if n == "data.pkl" or n.endswith("/data.pkl")]
+    if len(pkls) > 1:
+        yield (
+            "zip-duplicate",
+            f"{len(pkls)} data.pkl members ({', '.join(pkls[:4])}): torch reads the one under the first "
+            "member's folder, other tools may read another",
+            None,
+        )
+    spans: list[tuple[int, int, str]] = []
+    for info in infos:
+        h = info.header_offset
+        if h < 0 or h + 30 > size or bytes(buf[h : h + 4]) != b"PK\x03\x04":
+            yield ("zip-corrupt", f"local header at offset {h} is missing or damaged", info.filename)
+            continue
+        name_len, extra_len = struct.unpack("<HH", buf[h + 26 : h + 30])
+        local = bytes(buf[h + 30 : h + 30 + name_len]).decode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace")
+        if local != info.orig_filename:
+            yield (
+                "zip-name-mismatch",
+                f"the local header names it {local[:80]!r}: tools that walk local headers see another file",
+                info.filename,
+            )
+        data = h + 30 + name_len + extra_len
+        stop = data + info.compress_size
+        if stop > size:
+            yield ("zip-corrupt", f"record runs past the end of the file ({stop} > {size})", info.filename)
+        if info.flag_bits & 0x1:
+            yield ("zip-corrupt", "member is encrypted", info.filename)
+        spans.append((h, stop, info.filename))
+    spans.sort()
+    for (a0, a1, an), (b0, _b1, bn) in itertools.pairwise(spans):
+        if b0 < a1:
+            yield (
+                "zip-overlap",
+                f"records overlap: {an!r} spans [{a0}, {a1}) and {bn!r} starts at {b0} (a zip bomb or a smuggled member)",
+                bn,
+            )
+    if spans and zf.start_dir < max(s[1] for s in spans):
+        yield ("zip-overlap", "the central directory overlaps member data", None)
+
+
+FATAL = frozenset({"zip-duplicate"})  # findings the reader refuses: which member a loader reads is ambiguous
+
+
 def find_prefix(names: list[str], path: str) -> str:
     pkl = sorted((n for n in names if n == "data.pkl" or n.endswith("/data.pkl")), key=len)
     if not pkl:
@@ -96,19 +208,20 @@ def data_offset(mm: Any, info: zipfile.ZipInfo, path: str) -> int:
     return h + 30 + name_len + extra_len
 
 
-def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
-    zf = _open_zip(path)
+def read(src: Source, *, key: str | None = None) -> Checkpoint:
+    path, mm = src.name, src.buffer()
+    zf = open_zip(src)
     with zf:
         infos = zf.infolist()
         names = [i.filename for i in infos]
         by_name = {i.filename: i for i in infos}
-        if len(by_name) != len(names):
-            dup = next(n for n in names if names.count(n) > 1)
-            raise CorruptFileError(
-                f"zip archive holds two members named {dup!r}: which one a loader reads is ambiguous",
-                path=path,
-                hint="`ckptool scan` reports every member",
-            )
+        for kind, message, where in findings(mm, zf, infos):
+            if kind in FATAL:
+                raise CorruptFileError(
+                    f"zip archive: {where + ': ' if where else ''}{message}",
+                    path=path,
+                    hint="`ckptool scan` reports every member",
+                )
         prefix = find_prefix(names, path)
         torchscript = any(n.startswith(prefix + "code/") for n in names) or (prefix + "constants.pkl") in by_name
         byteorder = "little"
@@ -159,10 +272,13 @@ def read(path: str, mm: Any, *, key: str | None = None) -> Checkpoint:
                 )
             stored = info.compress_type == zipfile.ZIP_STORED
             off = check_member(mm, info, path)
-            src = ByteSource(path=path, offset=off, nbytes=info.file_size, member=member, compressed=not stored)
-            storages[k] = StorageInfo(key=k, dtype=ref.dtype, numel=ref.numel, location=ref.location, source=src)
+            bs = ByteSource(
+                path=path, offset=off, nbytes=info.file_size, member=member, compressed=not stored,
+                decoder=None if stored else Inflate(member),
+            )  # fmt: skip
+            storages[k] = StorageInfo(key=k, dtype=ref.dtype, numel=ref.numel, location=ref.location, source=bs)
 
-    fmt = "torchscript" if torchscript else "torch-zip"
+    fmt = "torchscript" if torchscript else NAME
     meta: dict[str, Any] = {"archive_prefix": prefix.rstrip("/"), "byteorder": byteorder}
     ck = build_checkpoint(root, storages, path=path, fmt=fmt, key=key, metadata=meta)
     ck.byteorder = byteorder

@@ -1,4 +1,4 @@
-"""File I/O shared by every writer (torch-free): atomic output, and streamed reads of tensor bytes.
+"""Atomic output, shared by every writer (torch-free).
 
 **Atomic output.** :func:`atomic_output` writes to a hidden temporary file in the target's folder, fsyncs
 it, and renames it into place only when the ``with`` body finished without an exception. On any
@@ -8,11 +8,6 @@ existing target is refused with :class:`~ckptool.errors.OutputExistsError` (exit
 starts and again at the moment of publishing (a hard link, which cannot clobber), so a file that appears
 meanwhile is not overwritten either. :func:`atomic_outputs` does the same for a group of files that
 reference each other by name (an ONNX model and its external data).
-
-**Streamed reads.** :class:`SourceReader` reads a tensor's bytes straight from the file with
-``readinto`` into a reusable buffer (never through a memory map, so the bytes are not counted in the
-process's resident memory), and :func:`copy_range` appends a byte range of one file to another through
-such a buffer.
 """
 
 from __future__ import annotations
@@ -28,11 +23,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .checkpoint import Checkpoint, TensorInfo
-from .errors import CkptError, CorruptFileError, OutputExistsError, UsageError
+from ..errors import CkptError, OutputExistsError, UsageError
 
 PathLike = str | os.PathLike[str]
-CHUNK = 1 << 20  # bytes per read: cache-sized; measured fastest between 512 KB and 2 MB (8 MB was slower)
 
 
 # -- atomic output ------------------------------------------------------------------------------------------
@@ -265,101 +258,6 @@ def background_fsync(fd: int) -> Iterator[None]:
         raise errors[0]
 
 
-# -- streamed reads -----------------------------------------------------------------------------------------
-
-
-class SourceReader:
-    """Reads byte ranges of files into caller buffers (no memory map, one open handle per file).
-
-    ``read_into`` fills the whole buffer or raises :class:`CorruptFileError` (the file got shorter since
-    its header was read).
-    """
-
-    def __init__(self) -> None:
-        self._files: dict[str, Any] = {}
-
-    def handle(self, path: str) -> Any:
-        f = self._files.get(path)
-        if f is None:
-            try:
-                f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
-            except OSError as e:
-                raise CkptError(f"cannot read ({e.strerror or e})", path=path) from None
-            self._files[path] = f
-        return f
-
-    def fileno(self, path: str) -> int:
-        return int(self.handle(path).fileno())
-
-    def read_into(self, path: str, offset: int, view: memoryview) -> None:
-        f = self.handle(path)
-        f.seek(offset)
-        pos, n = 0, len(view)
-        while pos < n:
-            got = f.readinto(view[pos:])
-            if not got:
-                raise CorruptFileError(
-                    f"file ends at byte {offset + pos}, but {offset + n} bytes were expected (was it truncated "
-                    "or changed while ckptool read it?)",
-                    path=path,
-                )
-            pos += got
-
-    def close(self) -> None:
-        for f in self._files.values():
-            with contextlib.suppress(OSError):
-                f.close()
-        self._files.clear()
-
-    def __enter__(self) -> SourceReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def raw_location(ck: Checkpoint, t: TensorInfo) -> tuple[str, int] | None:
-    """(file, absolute offset) where the tensor's own bytes sit as one contiguous little-endian run, or None
-    when they need work first (a strided view, big-endian bytes, a compressed zip record, ONNX typed fields)."""
-    st = t.storage
-    if st is None or st.source is None:
-        return None
-    src = st.source
-    if src.compressed or src.encoding != "raw" or not t.is_contiguous:
-        return None
-    if ck.byteorder == "big" and t.itemsize > 1:
-        return None
-    start = t.storage_offset * t.itemsize
-    if start < 0 or start + t.nbytes > src.nbytes:
-        raise CorruptFileError(
-            f"tensor {t.name!r} reaches byte {start + t.nbytes} of a storage that holds {src.nbytes}", path=ck.path
-        )
-    return src.path, src.offset + start
-
-
-def iter_tensor_bytes(
-    ck: Checkpoint, t: TensorInfo, reader: SourceReader, buf: bytearray
-) -> Iterator[memoryview | bytes]:
-    """The tensor's own elements, C order, little-endian, in chunks.
-
-    Contiguous raw bytes are read with ``readinto`` into ``buf`` (the yielded views are only valid until the
-    next step); everything else goes through :meth:`Checkpoint.iter_chunks`, which handles strides,
-    byte order, compression and ONNX typed fields.
-    """
-    loc = raw_location(ck, t)
-    if loc is None:
-        yield from ck.iter_chunks(t, len(buf))
-        return
-    path, off = loc
-    mv = memoryview(buf)
-    done, n = 0, t.nbytes
-    while done < n:
-        k = min(len(buf), n - done)
-        reader.read_into(path, off + done, mv[:k])
-        yield mv[:k]
-        done += k
-
-
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> int:
     """os.write until every byte is written; returns the count."""
     mv = memoryview(data).cast("B")
@@ -367,47 +265,3 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> int:
     while pos < len(mv):
         pos += os.write(fd, mv[pos:])
     return pos
-
-
-def copy_range(
-    reader: SourceReader, path: str, offset: int, nbytes: int, out_fd: int, buf: bytearray, progress: Any = None
-) -> None:
-    """Append ``nbytes`` of ``path`` from ``offset`` to ``out_fd`` at its current position, through ``buf``.
-
-    A plain ``readinto`` + ``write`` loop. ``os.copy_file_range`` was measured too (ext4, 553 MB from the
-    page cache): the in-kernel copy took longer (0.25 s against 0.20 s with a 1 MB buffer) and left more
-    for the following fsync (0.20 s against 0.15 s); and reflinks cannot apply to tensor ranges that do not
-    start on a block boundary. ``progress(n)`` is called with each copied byte count.
-    """
-    mv = memoryview(buf)
-    done = 0
-    while done < nbytes:
-        k = min(len(buf), nbytes - done)
-        reader.read_into(path, offset + done, mv[:k])
-        write_all(out_fd, mv[:k])
-        done += k
-        if progress is not None:
-            progress(k)
-
-
-def verification_failed(msg: str, out: str | os.PathLike[str]) -> CkptError:
-    """The error a writer raises when its bit-exact check finds the output wrong (nothing is published)."""
-    return CkptError(f"verification failed: {msg}; nothing was written", path=os.fspath(out))
-
-
-def reopen_written(
-    tmp: str, out: str | os.PathLike[str], fmt: str, names: Iterable[str], *, ordered: bool
-) -> Checkpoint:
-    """Read a writer's temporary output back with ckptool's own reader and check that it is a ``fmt`` file
-    listing exactly ``names`` (in order, when ``ordered``). The caller closes the returned Checkpoint."""
-    from .formats import open_checkpoint
-
-    try:
-        written = open_checkpoint(tmp)
-    except CkptError as e:
-        raise verification_failed(f"the written file does not read back ({e.message})", out) from None
-    listed, expect = [t.name for t in written.tensors], list(names)
-    if written.format != fmt or (listed != expect if ordered else set(listed) != set(expect)):
-        written.close()
-        raise verification_failed("the written file does not list the planned tensors", out)
-    return written

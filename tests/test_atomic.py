@@ -1,4 +1,5 @@
-"""ckptool.io: atomic output (never a partial file, never a clobber without --force) and streamed reads."""
+"""ckptool.convert.atomic: atomic output (never a partial file, never a clobber without --force); the writers'
+file-to-file copy (ckptool.convert.driver.copy_range) and a local Source's exact reads."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ckptool import io as ckio
+from ckptool.convert import atomic as ckio
+from ckptool.convert.driver import copy_range
 from ckptool.errors import CorruptFileError, OutputExistsError, UsageError
+from ckptool.sources import open_source
 
 
 def listing(d: Path) -> list[str]:
@@ -114,7 +117,7 @@ def test_publish_without_hard_links_still_refuses_to_clobber(tmp_path: Path, mon
 SLOW_WRITER = textwrap.dedent(
     """
     import sys, time
-    from ckptool.io import atomic_output
+    from ckptool.convert.atomic import atomic_output
     with atomic_output(sys.argv[1], force=False) as fh:
         fh.write(b"x" * 100000)
         fh.flush()
@@ -170,11 +173,11 @@ def test_reader_reports_a_short_file(tmp_path: Path) -> None:
     f = tmp_path / "f.bin"
     f.write_bytes(bytes(range(100)))
     buf = bytearray(10)
-    with ckio.SourceReader() as r:
-        r.read_into(str(f), 90, memoryview(buf))
+    with open_source(f) as r:
+        r.read_into(90, memoryview(buf))
         assert bytes(buf) == bytes(range(90, 100))
         with pytest.raises(CorruptFileError, match="truncated"):
-            r.read_into(str(f), 95, memoryview(buf))
+            r.read_into(95, memoryview(buf))
 
 
 def test_copy_range(tmp_path: Path) -> None:
@@ -183,8 +186,8 @@ def test_copy_range(tmp_path: Path) -> None:
     src.write_bytes(b"head" + payload)
     seen: list[int] = []
     out = tmp_path / "out.bin"
-    with ckio.SourceReader() as r, open(out, "wb") as fh:
+    with open_source(src) as r, open(out, "wb") as fh:
         ckio.write_all(fh.fileno(), b"XY")
-        ckio.copy_range(r, str(src), 4, len(payload), fh.fileno(), bytearray(1 << 20), progress=seen.append)
+        copy_range(r, 4, len(payload), fh.fileno(), bytearray(1 << 20), progress=seen.append)
     assert out.read_bytes() == b"XY" + payload
     assert sum(seen) == len(payload) and len(seen) == 4

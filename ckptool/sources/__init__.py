@@ -1,0 +1,44 @@
+"""Where bytes come from: the one byte path of every reader and writer (torch-free).
+
+A :class:`Source` is a read-only byte range store: its size, exact reads into a caller's buffer, bytes, a
+zero-copy view when the bytes are local, a whole-file buffer for header walks, and a seekable file object
+(for :mod:`zipfile`). Formats read through a Source, never through a path or a raw memory map, so a source
+that is not a local file (HTTP range reads, a later issue) plugs in here without touching the formats.
+
+:func:`open_source` opens a local file (:class:`LocalFile`); :class:`MemorySource` serves bytes in memory.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any, Protocol
+
+from .local import CHUNK, LocalFile, open_source
+from .memory import MemorySource
+
+__all__ = ["CHUNK", "LocalFile", "MemorySource", "Source", "open_source"]
+
+
+class Source(Protocol):
+    """What a format reader, :class:`~ckptool.checkpoint.Checkpoint` and the writers need from where bytes are."""
+
+    name: str  # the path (or URL) errors name
+
+    @property
+    def size(self) -> int: ...
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        """Fill ``view`` with the bytes from ``offset``, or raise CorruptFileError (the source got shorter)."""
+
+    def read(self, offset: int, n: int) -> bytes: ...
+
+    def view(self, offset: int, n: int, *, writable: bool = False) -> memoryview | None:
+        """The bytes without a copy (a memory map), or None when the source cannot map them. ``writable``:
+        a private copy-on-write view (writes never reach the file)."""
+
+    def buffer(self) -> Any:
+        """The whole source as a sliceable, ``len()``-able read-only buffer (header walks)."""
+
+    def fileobj(self) -> IO[bytes]:
+        """A seekable binary file object over the source (for :mod:`zipfile`); closed by the caller."""
+
+    def close(self) -> None: ...
