@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,7 +141,8 @@ class ParityReport:
         if self.passed:
             worst = max(self.outputs, key=lambda o: o.max_abs_diff)
             return (
-                f"parity passed: {len(self.outputs)} output(s), {self.samples} samples, max abs diff "
+                f"parity passed: {len(self.outputs)} output(s), {self.samples} sample{'s' if self.samples != 1 else ''}, "
+                f"max abs diff "
                 f"{worst.max_abs_diff:.3g}, max rel diff {worst.max_rel_diff:.3g} ({self.tolerances()})"
             )
         parts = []
@@ -151,7 +152,8 @@ class ParityReport:
                 f"(output scale {o.torch_max_abs:.3g}), max rel diff {o.max_rel_diff:.3g}; it would pass with "
                 f"--atol {_up(o.atol_at_rtol)} or --rtol {_up(o.rtol_at_atol)} or --stol {_up(o.stol_needed)}"
             )
-        return f"parity FAILED ({self.tolerances()}, {self.samples} samples): " + "; ".join(parts)
+        n = f"{self.samples} sample{'s' if self.samples != 1 else ''}"
+        return f"parity FAILED ({self.tolerances()}, {n}): " + "; ".join(parts)
 
     def tolerances(self) -> str:
         return f"atol {self.atol:g}, rtol {self.rtol:g}, stol {self.stol:g}"
@@ -571,6 +573,7 @@ def check_parity(
     rtol: float = DEFAULT_RTOL,
     stol: float = DEFAULT_STOL,
     input_shape: tuple[int, ...] | None = None,
+    status: Callable[[str], None] | None = None,
 ) -> ParityReport:
     """``ckptool parity``: load ``checkpoint`` into ``arch`` (strictly, as :func:`ckptool.runtime.load_model`)
     and compare it with the ONNX model at ``onnx_path``.
@@ -581,6 +584,7 @@ def check_parity(
     from .formats import open_checkpoint
 
     require("torch", "onnxruntime", extra="torch", what="parity")
+    say = status or (lambda _phase: None)
     onnx_path = os.fspath(onnx_path)
     out_names = onnx_output_names(onnx_path)
     notes = []
@@ -588,6 +592,7 @@ def check_parity(
         features_only = out_names == ["features"]
         if features_only:
             notes.append("the ONNX model's only output is 'features': compared with the features sub-module")
+    say("loading the weights")
     ck = open_checkpoint(checkpoint, key=key)
     try:
         model, report = load_reference(
@@ -596,6 +601,7 @@ def check_parity(
     finally:
         ck.close()
     spec = report.spec
+    say(f"running {samples} seeded sample{'s' if samples != 1 else ''} through torch and onnxruntime")
     rep = run_parity(
         model,
         onnx_path,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 from .. import __version__
 from ._errors import CkptGroup
@@ -41,24 +43,41 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool,
+        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = False,
 ) -> None:
     """ckptool: what is inside a weight file, does it fit a model, and ship it without losing a bit."""
 
 
-# in the order of the article's workflow: look, fit, convert, verify, secure, use
-app.command("inspect")(inspect)
-app.command("layers")(layers)
-app.command("check")(check)
-app.command("archs")(archs)
-app.command("export")(export)
-app.command("parity")(parity)
-app.command("diff")(diff)
-app.command("scan")(scan)
-app.command("predict")(predict)
-app.command("labels")(labels)
-app.command("extract")(extract)
+class CkptCommand(TyperCommand):
+    """A command whose usage line names its arguments as PATH, A B, IMAGES... (typer writes ``{path}``)."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
+        pieces = []
+        for p in super().collect_usage_pieces(ctx):  # type: ignore[arg-type]
+            if p.startswith("{") and "}" in p:
+                p = p[1 : p.index("}")].upper() + p[p.index("}") + 1 :]
+            pieces.append(p)
+        return pieces
+
+
+# in the order of the article's workflow: look, fit, convert, verify, secure, use; one line each in the listing
+COMMANDS: list[tuple[str, Callable[..., None], str]] = [
+    ("inspect", inspect, "List every tensor: name, shape, dtype, size (header only)."),
+    ("layers", layers, "Every module in forward order, with paper-style names."),
+    ("check", check, "Does the file fit an architecture? Exit 1 if not."),
+    ("archs", archs, "The architectures ckptool knows without torch."),
+    ("export", export, "Convert to safetensors, torch zip or ONNX (verified)."),
+    ("parity", parity, "Does an ONNX model compute what the checkpoint does?"),
+    ("diff", diff, "Compare two checkpoints: keys, shapes, dtypes, values."),
+    ("scan", scan, "Static safety scan for CI; never unpickles. Exit 1 on findings."),
+    ("predict", predict, "Classify images with a checkpoint or an ONNX model."),
+    ("labels", labels, "The ImageNet-1k class names, one per line."),
+    ("extract", extract, "Write the tensors under a prefix (e.g. features) to a file."),
+]
+for _name, _fn, _short in COMMANDS:
+    app.command(_name, cls=CkptCommand, short_help=_short)(_fn)
 
 
 def run() -> None:

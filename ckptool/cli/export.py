@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import FindingsError, UsageError
+from ..errors import FindingsError, UsageError, WeightsMismatchError
 from ._options import (
     AllowGlobalOpt,
     ArchArgOpt,
@@ -193,6 +193,9 @@ def _export_onnx(
     with o.status("reading the checkpoint") as status:
         ck = open_checkpoint(path, key=key)
         try:
+            status("loading torch")
+            import torch  # noqa: F401 - the slowest step before the weights load; shown as its own phase
+
             r = export_onnx(
             ck, target, arch=arch, num_classes=num_classes, arch_args=args or None, input_shape=shape,
             opset=DEFAULT_OPSET if opset is None else opset, features_only=features_only,
@@ -200,6 +203,8 @@ def _export_onnx(
             rtol=DEFAULT_RTOL if rtol is None else rtol, stol=DEFAULT_STOL if stol is None else stol,
             force=force, status=status,
             )  # fmt: skip
+        except WeightsMismatchError as e:
+            raise without_part(e) from None
         finally:
             ck.close()
     if json_:
@@ -208,6 +213,19 @@ def _export_onnx(
         _render_onnx(o, r)
     if not r.passed:
         raise FindingsError("parity failed: the ONNX model was not written", path=target)
+
+
+def without_part(e: WeightsMismatchError) -> WeightsMismatchError:
+    """check's findings suggest ``--part NAME``; export and parity take ``--features-only`` instead."""
+    import re
+
+    def fix(text: str | None) -> str | None:
+        if text is None:
+            return None
+        text = re.sub(r"(check it with |checked as )?--part features\b", "use --features-only", text)
+        return re.sub(r"--part (\w+)", r"the \1 part (only features is exported, with --features-only)", text)
+
+    return WeightsMismatchError(fix(e.message) or e.message, path=e.path, hint=fix(e.hint))
 
 
 def _render_onnx(o: Output, r: Any) -> None:

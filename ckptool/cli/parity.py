@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import FindingsError
+from ..errors import FindingsError, WeightsMismatchError
 from ._options import (
     AllowGlobalOpt,
     ArchArgOpt,
@@ -22,6 +22,7 @@ from ._options import (
     StolOpt,
 )
 from ._output import Output, dims, plural, start
+from .export import without_part
 
 OnnxArg = Annotated[Path, typer.Argument(help="The ONNX model to verify.", show_default=False)]
 SamplesOpt = Annotated[int, typer.Option("--samples", "-n", min=1, help="How many seeded inputs to run.")]
@@ -88,13 +89,17 @@ def parity(
     from ..parity import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_STOL, check_parity, parse_shape
 
     o = start(json_)
-    with o.status("loading the weights and running torch and onnxruntime"):
-        r = check_parity(
-        path, model, arch or "auto", key=key, num_classes=num_classes, arch_args=parse_arch_args(arch_arg) or None,
-        features_only=features_only, samples=samples, batch=batch, seed=seed,
-        atol=DEFAULT_ATOL if atol is None else atol, rtol=DEFAULT_RTOL if rtol is None else rtol,
-        stol=DEFAULT_STOL if stol is None else stol, input_shape=parse_shape(input_shape),
-    )  # fmt: skip
+    with o.status("loading torch") as status:
+        try:
+            r = check_parity(
+                path, model, arch or "auto", key=key, num_classes=num_classes,
+                arch_args=parse_arch_args(arch_arg) or None, features_only=features_only, samples=samples,
+                batch=batch, seed=seed, atol=DEFAULT_ATOL if atol is None else atol,
+                rtol=DEFAULT_RTOL if rtol is None else rtol, stol=DEFAULT_STOL if stol is None else stol,
+                input_shape=parse_shape(input_shape), status=status,
+            )  # fmt: skip
+        except WeightsMismatchError as e:
+            raise without_part(e) from None
     if json_:
         o.json(r.to_dict())
     else:

@@ -119,6 +119,15 @@ def locate_state_dict(root: Any, key: str | None, path: str) -> tuple[list[str],
     if key:
         segs, obj = follow_key(root, key, path)
         if not _direct_tensors(obj) and not isinstance(obj, TensorRecord):
+            nested = count_tensors(obj)
+            inner = [k for k, v in _children(obj) if count_tensors(v)][:3]
+            if nested and inner:
+                raise KeyNotFoundError(
+                    f"--key {key!r} holds no tensors directly: its {nested} tensors are nested deeper "
+                    f"(under {', '.join(repr(k) for k in inner)}{', ...' if len(inner) == 3 else ''})",
+                    path=path,
+                    hint=f"name one mapping of tensors, e.g. --key {key}.{inner[0]}",
+                )
             raise KeyNotFoundError(f"--key {key!r} holds no tensors", path=path)
         return segs, obj
     if isinstance(root, dict) and _direct_tensors(root):

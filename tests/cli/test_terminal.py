@@ -105,14 +105,19 @@ def test_export_onnx_shows_shapes(tty: Tty, tiny_onnx: dict[str, Path], tmp_path
     r = tty("export", tiny_onnx["pth"], "--onnx", out, "--arch", TINY)
     assert r.returncode == 0, r
     assert "[batch, 3, 32, 32]" in r.text and "[batch, 10]" in r.text and "e[3].onnx" in r.text, r
+    # progress: each phase shows on the terminal (a transient spinner on stderr), then is erased
+    for phase in ("loading torch", "exporting with torch.onnx", "onnx.checker", "parity: torch vs onnxruntime"):
+        assert phase in r.raw, phase
 
 
 def test_parity(tty: Tty, tiny_onnx: dict[str, Path]) -> None:
     from onnx_fixtures import TINY
 
-    r = tty("parity", tiny_onnx["pth"], tiny_onnx["onnx"], "--arch", TINY)
+    r = tty("parity", tiny_onnx["pth"], tiny_onnx["onnx"], "--arch", TINY, "--samples", "1")
     assert r.returncode == 0, r
     assert "tiny[v2].onnx" in r.text and "[2, 3, 32, 32]" in r.text and "parity passed" in r.text, r
+    assert "1 sample," in r.text and "1 samples" not in r.text, r
+    assert "through torch and onnxruntime" in r.raw  # the progress line
 
 
 def test_predict(tty: Tty, tiny_onnx: dict[str, Path]) -> None:
