@@ -322,7 +322,8 @@ def _width(f: Any) -> int | None:
 def _err_console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=True, markup=False, highlight=False, emoji=False)
+    # bound to the stderr of now: the exporter redirects sys.stderr while it runs, and the spinner must not follow
+    return Console(file=sys.stderr, force_terminal=True, markup=False, highlight=False, emoji=False)
 
 
 class Status:
