@@ -3,14 +3,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from ckptool.cli.app import app
+
+if TYPE_CHECKING:
+    import torch
+
+    from ckptool.checkpoint import Checkpoint
 
 pytest_plugins = ["cli.clihelp"]  # the CLI fixtures: tty, pipeline, brackets
 
@@ -130,3 +137,59 @@ def constant_onnx(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return build
+
+
+# ---------------------------------------------------------------------------------------------------
+# architecture families (tests/arch): header-only Checkpoints, registry state_dicts, saved files
+# ---------------------------------------------------------------------------------------------------
+def _mem_ck(shapes: dict[str, tuple[int, ...]], dtype: str = "float32") -> Checkpoint:
+    from ckptool.checkpoint import Checkpoint, TensorInfo
+
+    tensors = [
+        TensorInfo(k, "int64" if k.endswith("num_batches_tracked") else dtype, tuple(s)) for k, s in shapes.items()
+    ]
+    return Checkpoint(path="<mem>", format="torch-zip", tensors=tensors)
+
+
+@pytest.fixture
+def mem_ck() -> Callable[..., Checkpoint]:
+    """``mem_ck(shapes)``: a Checkpoint with only headers, what every reader returns, without a file."""
+    return _mem_ck
+
+
+def _real_state_dict(arch: str, num_classes: int = 1000, *, seed: int = 0) -> OrderedDict[str, torch.Tensor]:
+    """The family's torch module, initialised as the family initialises it (seeded), with BatchNorm
+    statistics that are not the identity (so a wrong mapping changes the outputs)."""
+    import torch
+
+    from ckptool.arch.registry import resolve
+    from ckptool.runtime import build_module
+
+    torch.manual_seed(seed)
+    model = build_module(resolve(arch, num_classes=num_classes))
+    g = torch.Generator().manual_seed(seed + 1)
+    sd = model.state_dict()
+    for k, v in sd.items():
+        if k.endswith("running_mean"):
+            v.copy_(torch.randn(v.shape, generator=g) * 0.1)
+        elif k.endswith("running_var"):
+            v.copy_(torch.rand(v.shape, generator=g) + 0.5)
+    return OrderedDict(sd)
+
+
+@pytest.fixture(scope="session")
+def real_state_dict() -> Callable[..., OrderedDict[str, torch.Tensor]]:
+    return _real_state_dict
+
+
+def _save(obj: object, path: Path, fmt: str = "zip") -> Path:
+    import torch
+
+    torch.save(obj, path, _use_new_zipfile_serialization=(fmt == "zip"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def save_ckpt() -> Callable[..., Path]:
+    """``save_ckpt(obj, path, "zip" | "legacy")``: torch.save in either on-disk format."""
+    return _save
