@@ -76,7 +76,8 @@ def test_legacy_bn_without_num_batches_tracked_is_compatible(vgg_file, cli, name
 
     model = build_module(rep.spec, device="meta")
     sd = torch.load(path, map_location="meta", weights_only=True)
-    assert model.load_state_dict(sd, strict=True, assign=True) is not None
+    result = model.load_state_dict(sd, strict=True, assign=True)  # strict: raises on any mismatch
+    assert result.missing_keys == [] and result.unexpected_keys == []
 
 
 @pytest.mark.slow

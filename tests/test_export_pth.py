@@ -223,6 +223,7 @@ def test_full_size_legacy_to_zip(vgg16_bn_files: dict[str, Path], tmp_path: Path
     out = tmp_path / "vgg16_bn.pth"
     with open_checkpoint(src) as ck:
         res = export_pth(ck, out)
-    assert res.verified
+    assert res.verified and res.verify_method is not None and "CRC-32" in res.verify_method
+    assert res.tensors == len(ck.tensors) and res.file_bytes == out.stat().st_size
     assert_same(torch.load(src, weights_only=True), torch.load(out, mmap=True, weights_only=True))
     out.unlink()

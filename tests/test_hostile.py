@@ -131,12 +131,26 @@ def run_cli(cli, corpus: Corpus, command: str, template: list[str], path: Path):
     return result
 
 
-def expected(command: str, case: Case) -> int | set[int]:
+# What each command exits with on a file the reader opens (the corpus's readable cases are tiny_vgg-shaped
+# files with something hidden beside the weights): layers lists them; check --arch auto finds no registered
+# architecture that fits (1); export and extract write them; parity and predict against vgg11 refuse the
+# weights (2); diff against the benign file finds differences (1).
+READABLE_EXIT = {"layers": 0, "check": 1, "export": 0, "parity": 2, "diff": 1, "predict": 2, "extract": 0}
+# A broadcast view of a terabyte reads (and writes to .pth, which keeps the view) but cannot be materialised:
+# safetensors has no aliasing, so writing it there is refused (2).
+MATERIALISE_REFUSED = {"broadcast_terabyte_view"}
+
+
+def expected(command: str, template: list[str], case: Case) -> int:
     if command == "scan":
         return case.scan_exit
     if command == "inspect":
         return 0 if case.readable else 2
-    return {0, 1, 2} if case.readable else 2
+    if not case.readable:
+        return 2
+    if case.name in MATERIALISE_REFUSED and "{out}.safetensors" in template:
+        return 2
+    return READABLE_EXIT[command]
 
 
 def test_corpus_is_large_and_varied(corpus: Corpus) -> None:
@@ -151,12 +165,11 @@ def test_corpus_is_large_and_varied(corpus: Corpus) -> None:
 
 @pytest.mark.parametrize(("command", "template"), COMMANDS, ids=[" ".join([c, *t[1:]]) for c, t in COMMANDS])
 def test_every_command_survives_the_corpus(cli, corpus: Corpus, command: str, template: list[str], case_name: str):
-    if command not in registered():
-        pytest.skip(f"`ckptool {command}` is not registered yet")
+    assert command in registered(), f"`ckptool {command}` is in COMMANDS but not registered"
     case = corpus.case(case_name)
     if case.bounded and not case.readable and command not in BOMB_COMMANDS:
         pytest.skip("refused bomb: covered by inspect/scan/check and the script bounds")
-    expect = expected(command, case)  # (no case depends on values: --no-values changes nothing here)
+    expect = expected(command, template, case)  # (no case depends on values: --no-values changes nothing here)
     result = run_cli(cli, corpus, command, template, case.path)
     check_run(result.exit_code, result.stdout, result.stderr, corpus.canary, expect, f"{command} {case.name}")
 
@@ -240,7 +253,7 @@ def test_bounds_through_the_script(corpus: Corpus, tmp_path: Path) -> None:
         for command in ("inspect", "scan"):
             code, out, err, cpu, wall, rss = run_measured([command, str(case.path)], tmp_path)
             what = f"{command} {case.name}"
-            check_run(code, out, err, corpus.canary, expected(command, case), what)
+            check_run(code, out, err, corpus.canary, expected(command, [], case), what)
             assert rss < RSS_LIMIT_MB, f"{what}: peak RSS {rss:.0f} MB"
             assert wall < 30, f"{what}: {wall:.1f} s wall"
             if cpu >= CPU_LIMIT_S:
