@@ -35,10 +35,9 @@ def test_extras_message_lists_match_pyproject() -> None:
     assert "ckptool[all]" in extras["dev"]
 
 
-@pytest.fixture(scope="session")
-def core_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv holding ckptool and its core dependencies only (pip install <sources>, no extras)."""
-    base = tmp_path_factory.mktemp("core_install")
+def _venv(tmp_path_factory: pytest.TempPathFactory, name: str, extras: str = "") -> Path:
+    """A venv holding ckptool installed from a copy of its sources, with ``extras`` ("" or "[onnx]")."""
+    base = tmp_path_factory.mktemp(name)
     src = base / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -47,15 +46,27 @@ def core_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
     pip = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-cache-dir", str(src)],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-cache-dir", f"{src}{extras}"],
         capture_output=True,
         text=True,
         timeout=900,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
     )
     if pip.returncode != 0:
-        pytest.fail(f"pip install of the core package failed:\n{pip.stdout}\n{pip.stderr}")
+        pytest.fail(f"pip install of ckptool{extras} failed:\n{pip.stdout}\n{pip.stderr}")
     return venv
+
+
+@pytest.fixture(scope="session")
+def core_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ckptool and its core dependencies only (pip install <sources>, no extras)."""
+    return _venv(tmp_path_factory, "core_install")
+
+
+@pytest.fixture(scope="session")
+def onnx_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ckptool with the ``onnx`` extra (onnxruntime, Pillow), still without torch."""
+    return _venv(tmp_path_factory, "onnx_install", "[onnx]")
 
 
 def _sparse_vgg16_bn(path: Path) -> Path:
@@ -171,3 +182,29 @@ def test_predict_on_onnx_names_the_onnx_extra(core_venv: Path, tmp_path: Path) -
     assert r.returncode == 2, r.stdout + r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert "'onnx' extra" in r.stderr
+
+
+def test_onnx_extra_predicts_without_torch(onnx_venv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pip install 'ckptool[onnx]'` classifies images with an ONNX model; torch is not even installed."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    from onnx_fixtures import TINY, calibrated, save, state_dict
+    from PIL import Image
+
+    import ckptool
+
+    model = tmp_path / "tiny.onnx"
+    pth = save(state_dict(calibrated(TINY, 10)), tmp_path / "tiny.pth")
+    assert ckptool.export_onnx(pth, model, arch=TINY).written
+    Image.new("RGB", (48, 40), (10, 200, 30)).save(tmp_path / "img.png")
+    (tmp_path / "labels.txt").write_text("".join(f"class{i}\n" for i in range(10)))
+    r = _run(
+        onnx_venv, "predict", model, tmp_path / "img.png", "--labels", tmp_path / "labels.txt", "--json", cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["backend"] == "onnxruntime" and len(out["predictions"][0]["top"]) == 5
+    want = ckptool.predict(model, tmp_path / "img.png", labels=tmp_path / "labels.txt")
+    assert [c["index"] for c in out["predictions"][0]["top"]] == [c.index for c in want.predictions[0].top]
+    py = str(onnx_venv / "bin" / "python")
+    assert subprocess.run([py, "-c", "import torch"], capture_output=True).returncode != 0
+    assert subprocess.run([py, "-c", "import onnxruntime, PIL"], capture_output=True).returncode == 0
