@@ -183,6 +183,7 @@ def _export_onnx(
     force: bool,
     json_: bool,
 ) -> None:
+    from .._extras import require
     from ..arch.registry import parse_arch_args
     from ..convert.onnx_export import DEFAULT_OPSET, export_onnx
     from ..formats import open_checkpoint
@@ -194,6 +195,7 @@ def _export_onnx(
         ck = open_checkpoint(path, key=key)
         try:
             status("loading torch")
+            require("torch", "onnx", "onnxscript", extra="torch", what="export --onnx")
             import torch  # noqa: F401 - the slowest step before the weights load; shown as its own phase
 
             r = export_onnx(
