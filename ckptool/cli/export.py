@@ -112,7 +112,7 @@ def export(
 # ---------------------------------------------------------------------------------------------------
 # safetensors / pth
 # ---------------------------------------------------------------------------------------------------
-SUFFIXES = {"safetensors": (".safetensors",), "pth": (".pth", ".pt", ".bin", ".ckpt", ".tar")}
+FLAGS = {"safetensors": "safetensors", "pth": "torch-zip"}  # --flag -> its writer (suffixes: convert.WRITERS)
 
 
 def _export_tensors(
@@ -121,7 +121,9 @@ def _export_tensors(
     from ..formats import open_checkpoint
 
     suffix = target.suffix.lower()
-    others = [k for k, sfx in SUFFIXES.items() if k != kind and suffix in sfx]
+    from ..convert import WRITERS
+
+    others = [k for k, fmt in FLAGS.items() if k != kind and suffix in WRITERS[fmt][1]]
     if others:
         o.warn(
             f"{target}: --{kind} writes {'safetensors' if kind == 'safetensors' else 'a torch zip'}, but the suffix "

@@ -16,7 +16,7 @@ from ..errors import UsageError
 # format name -> (module holding WRITER, output suffixes)
 WRITERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "safetensors": ("ckptool.convert.safetensors_writer", (".safetensors",)),
-    "torch-zip": ("ckptool.convert.pth_writer", (".pth", ".pt", ".bin", ".ckpt")),
+    "torch-zip": ("ckptool.convert.pth_writer", (".pth", ".pt", ".bin", ".ckpt", ".tar")),
 }
 # what users type for a format (CLI flags, extract's --output suffix): one format, several spellings
 ALIASES = {"pth": "torch-zip", "torch zip": "torch-zip", "torch_zip": "torch-zip", "st": "safetensors"}
