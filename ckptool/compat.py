@@ -157,6 +157,14 @@ def _bn_versions(ck: Checkpoint) -> dict[str, int]:
         return {}
 
 
+def _graph_values(ck: Checkpoint) -> set[str]:
+    """ONNX values that are graph computation, not weights: Constant-node values, and the integer
+    initializers the exporter folds (ReduceMean's axes, a Reshape's shape)."""
+    if ck.format != "onnx":
+        return set()
+    return {t.name for t in ck.tensors if t.constant or t.dtype.startswith(("int", "uint"))}
+
+
 def match(ck: Checkpoint, spec: ArchSpec, *, prefix: str | None = None) -> Match:
     """Line up ``ck`` with ``spec`` under the best prefix (or the given one)."""
     keys = ck.names()
@@ -164,8 +172,9 @@ def match(ck: Checkpoint, spec: ArchSpec, *, prefix: str | None = None) -> Match
     prefixes = [prefix] if prefix is not None else _prefix_candidates(keys, spec)
     best: Match | None = None
     versions = _bn_versions(ck)
+    graph = _graph_values(ck)
     for p in prefixes:
-        m = _match_one(keys, tensors, spec, p, versions)
+        m = _match_one(keys, tensors, spec, p, versions, graph)
         if best is None or m.score > best.score:
             best = m
     assert best is not None
@@ -173,7 +182,12 @@ def match(ck: Checkpoint, spec: ArchSpec, *, prefix: str | None = None) -> Match
 
 
 def _match_one(
-    keys: list[str], tensors: dict[str, TensorInfo], spec: ArchSpec, prefix: str, versions: dict[str, int]
+    keys: list[str],
+    tensors: dict[str, TensorInfo],
+    spec: ArchSpec,
+    prefix: str,
+    versions: dict[str, int],
+    graph: set[str] | frozenset[str] = frozenset(),
 ) -> Match:
     expected = spec.state_dict_shapes()
     optional = spec.optional_keys()
@@ -187,7 +201,7 @@ def _match_one(
             continue
         key_map[k] = mk
         model_to_file[mk] = k
-        if mk not in expected and not tensors[k].constant:
+        if mk not in expected and k not in graph:
             # an ONNX Constant-node value that no model key names is graph computation (a shape, a scale),
             # not a state_dict entry; one that a model key names is matched like an initializer
             unexpected.append(k)
