@@ -32,11 +32,11 @@ def r18(tmp_path_factory, real_state_dict, save_ckpt) -> dict[str, Path]:
         "legacy_dp": save_ckpt(legacy, d / "resnet18_dp_legacy.pth", "legacy"),
         "train": save_ckpt(
             {"epoch": 7, "state_dict": dp, "optimizer": {"state": {}, "param_groups": []}}, d / "train.ckpt"
-        ),  # fmt: skip
+        ),
         "head10": save_ckpt(head10, d / "resnet18_10.pth"),
         "backbone": save_ckpt(
             OrderedDict((k, v) for k, v in sd.items() if not k.startswith("fc.")), d / "backbone.pth", "legacy"
-        ),  # fmt: skip
+        ),
         "image": img,
         "dir": d,
     }
