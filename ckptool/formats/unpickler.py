@@ -638,6 +638,7 @@ class Interpreter:
         self.where = where
         self.inert = inert
         self.push = self.stack.append
+        self._dense, self._sparse = self.memo.dense, self.memo.sparse  # the memo fast paths below
         self.ops = 0
 
     # -- stack helpers ----------------------------------------------------------------------------------------
@@ -769,10 +770,10 @@ class Interpreter:
         self.push(self.stack[-1])
 
     def op_put(self, arg: Any) -> None:
-        stack, memo = self.stack, self.memo
+        stack = self.stack
         if not stack:
             raise CorruptFileError(f"{self.where}: PUT on an empty stack")
-        dense, sparse = memo.dense, memo.sparse  # the fast path inlines Memo.put
+        dense, sparse = self._dense, self._sparse  # the fast path inlines Memo.put
         n = len(dense)
         if n + len(sparse) >= MAX_MEMO:
             raise CorruptFileError(f"{self.where}: memo exceeds {MAX_MEMO} entries")
@@ -780,7 +781,7 @@ class Interpreter:
         if i == n and not sparse:
             dense.append(stack[-1])
         else:
-            memo.put(i, stack[-1])
+            self.memo.put(i, stack[-1])
 
     def op_memoize(self, arg: Any) -> None:
         stack, memo = self.stack, self.memo
@@ -796,7 +797,7 @@ class Interpreter:
 
     def op_get(self, arg: Any) -> None:
         i = int(arg or 0)
-        dense = self.memo.dense
+        dense = self._dense
         self.push(dense[i] if 0 <= i < len(dense) else self.memo.get(i, self.where))
 
     # -- handlers: globals, calls, state ----------------------------------------------------------------------
