@@ -131,8 +131,21 @@ def _from_spec(ck: Checkpoint, spec: ArchSpec, report: CompatReport) -> list[Lay
 # ---------------------------------------------------------------------------------------------------
 # inference from the state_dict alone
 # ---------------------------------------------------------------------------------------------------
+UNKNOWN = "unknown"
+WEIGHT_LEAVES = ("weight", "kernel")  # torch, and TensorFlow / Keras names in converted ONNX files
+_NORM_HINT = re.compile(r"(norm|^ln|_ln|ln_|^bn|_bn|bn\d|layernorm|rms|scale)", re.I)
+_PRELU_HINT = re.compile(r"prelu", re.I)
+_LINEAR_HINT = re.compile(r"(linear|^lin|_lin|fc|dense|proj|tp)", re.I)
+
+
+def _weight(leaves: dict[str, TensorInfo]) -> TensorInfo | None:
+    return next((leaves[k] for k in WEIGHT_LEAVES if k in leaves), None)
+
+
 def _guess_type(path: str, leaves: dict[str, TensorInfo], previous: str | None) -> str:
-    w = leaves.get("weight")
+    """The module type the shapes imply; names only break ties, and "unknown" when nothing decides."""
+    w = _weight(leaves)
+    last = re.split(r"[./]", path)[-1] if path else ""
     if "running_mean" in leaves or "running_var" in leaves:
         dims = {"Conv1d": "1d", "Conv2d": "2d", "Conv3d": "3d", "Linear": "1d"}
         return f"BatchNorm{dims[previous]}" if previous in dims else "BatchNorm"
@@ -142,12 +155,54 @@ def _guess_type(path: str, leaves: dict[str, TensorInfo], previous: str | None) 
     if nd in (3, 4, 5):
         return f"Conv{nd - 2}d"
     if nd == 2:
-        if "bias" not in leaves and "emb" in path.rsplit(".", 1)[-1].lower():
-            return "Embedding"
+        if "bias" not in leaves and re.search("emb", last, re.I):
+            return "Embedding?"  # settled by the next layer's input size (see _settle_embeddings)
         return "Linear"
     if nd == 1:
-        return "Norm"  # LayerNorm / GroupNorm / an affine scale: a state_dict cannot tell them apart
+        b = leaves.get("bias")
+        if "output_mask" in leaves or w.shape == (0,):
+            return "Linear (flattened)"  # e3nn's o3.Linear keeps its weights as one flat vector
+        if b is not None and len(b.shape) == 1 and b.shape == w.shape:
+            return "Norm"  # LayerNorm / GroupNorm / an affine scale and shift: a state_dict cannot tell them apart
+        if b is None:  # one vector: a PReLU slope, an RMSNorm scale, a flattened weight ... names break the tie
+            if _PRELU_HINT.search(last):
+                return "PReLU"
+            if _NORM_HINT.search(last):
+                return "Norm"
+            if _LINEAR_HINT.search(last):
+                return "Linear (flattened)"
+        return UNKNOWN
     return "Parameters"
+
+
+def _split(name: str) -> tuple[str, str]:
+    """``features.0.weight`` -> (features.0, weight); TensorFlow / Keras names use ``/`` and a ``:0`` output
+    suffix (``model/dense_1/kernel:0`` -> (model/dense_1, kernel))."""
+    if "/" in name:
+        path, _, leaf = name.rpartition("/")
+        if "." in leaf and not path:
+            path, _, leaf = name.rpartition(".")
+        return path, re.sub(r":\d+$", "", leaf)
+    path, _, leaf = name.rpartition(".")
+    return path, leaf
+
+
+def _settle_embeddings(rows: list[LayerRow]) -> list[LayerRow]:
+    """A bias-free 2-D weight named like an embedding: an Embedding [num, dim] feeds ``dim`` features on, a
+    Linear [out, in] feeds ``out``. The next 2-D weight's input size says which; "Embedding or Linear" when
+    it cannot."""
+    out = list(rows)
+    for i, r in enumerate(out):
+        if r.type != "Embedding?" or r.shape is None:
+            continue
+        nxt = next((x.shape for x in out[i + 1 :] if x.shape is not None and len(x.shape) == 2), None)
+        kind = "Embedding or Linear"
+        if nxt is not None and nxt[1] != r.shape[0] and nxt[1] == r.shape[1]:
+            kind = "Embedding"
+        elif nxt is not None and nxt[1] == r.shape[0] and nxt[1] != r.shape[1]:
+            kind = "Linear"
+        out[i] = LayerRow(r.module, kind, r.name, r.weight_layer, r.shape, r.params)
+    return out
 
 
 def infer_rows(ck: Checkpoint, prefix: str = "") -> list[LayerRow]:
@@ -155,23 +210,27 @@ def infer_rows(ck: Checkpoint, prefix: str = "") -> list[LayerRow]:
     groups: dict[str, dict[str, TensorInfo]] = {}
     for t in ck.tensors:
         name = t.name[len(prefix) :] if prefix and t.name.startswith(prefix) else t.name
-        path, _, leaf = name.rpartition(".")
+        path, leaf = _split(name)
         groups.setdefault(path, {})[leaf] = t
     rows: list[LayerRow] = []
     ordinal = 0
     previous: str | None = None
     for path, leaves in groups.items():
         kind = _guess_type(path, leaves, previous)
-        wl = None
         if kind in WEIGHT_LAYER_TYPES:
-            ordinal += 1
-            wl = ordinal
             previous = kind
-        w = leaves.get("weight")
+        w = _weight(leaves)
         shape = w.shape if w is not None else (next(iter(leaves.values())).shape if leaves else None)
-        params = sum(t.numel for leaf, t in leaves.items() if leaf not in BN_BUFFERS)
-        rows.append(LayerRow(path, kind, None, wl, shape, params))
-    return _fill_gaps(rows)
+        params = sum(t.numel for leaf, t in leaves.items() if leaf not in BN_BUFFERS and leaf != "output_mask")
+        rows.append(LayerRow(path, kind, None, None, shape, params))
+    rows = _settle_embeddings(rows)
+    numbered = []
+    for r in rows:  # weight-layer ordinals once the types are settled
+        if r.type in WEIGHT_LAYER_TYPES or r.type == "Linear (flattened)":
+            ordinal += 1
+            r = LayerRow(r.module, r.type, r.name, ordinal, r.shape, r.params)
+        numbered.append(r)
+    return _fill_gaps(numbered)
 
 
 def _fill_gaps(rows: list[LayerRow]) -> list[LayerRow]:
