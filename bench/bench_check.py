@@ -15,10 +15,16 @@ time, ratio to `ckptool check`, the child's peak RSS):
 
 It also times open_checkpoint + check in this process (no interpreter start-up, no imports): the cost of
 the check itself.
+
+Then, with every registered family (VGG, ResNet, ViT: 23 variants), a resnet50 file (98 MB, torchvision's
+layout) and a resnext50_32x4d one: ``ckptool check FILE`` (--arch auto ranks every variant of every
+family) against today's route for a ResNet (build the model, torch.load, load_state_dict), and
+check(auto) in process on ResNet, VGG, ViT-shaped and unknown files (the 0.2 s budget is for this).
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -129,6 +135,67 @@ def main() -> None:
     print(f"speed-up of `ckptool check` over today's route: {today.median / named.median:.1f}x wall, "
           f"{today.cpu_median / named.cpu_median:.1f}x CPU; over the fastest torch route: "
           f"{fast.median / named.median:.1f}x wall")  # fmt: skip
+    families(a, a.runs)
+
+
+TODAY_RESNET = r"""
+import sys, torch
+from ckptool.arch.resnet_torch import ResNet  # torchvision's resnet.py layout (torchvision is not installed here)
+model = ResNet("Bottleneck", [3, 4, 6, 3])
+sd = torch.load(sys.argv[1], weights_only=True)
+print(model.load_state_dict(sd))
+"""
+
+
+def families(a: argparse.Namespace, runs: int) -> None:
+    import torch
+
+    from ckptool.arch.family import list_families
+    from ckptool.arch.registry import names, resolve
+    from ckptool.checkpoint import Checkpoint, TensorInfo
+    from ckptool.compat import check
+    from ckptool.formats import open_checkpoint
+
+    d = Path(a.dir)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for arch in ("resnet50", "resnext50_32x4d"):
+        p = d / f"{arch}.pth"
+        if not p.exists():
+            sd = {k: torch.zeros(s, dtype=torch.long if k.endswith("num_batches_tracked") else torch.float32)
+                  for k, s in resolve(arch).state_dict_shapes().items()}  # fmt: skip
+            torch.save(sd, p)
+        paths[arch] = p
+    fams = ", ".join(f"{f.name} ({len(f.variants)})" for f in list_families())
+    ck = [sys.executable, "-m", "ckptool"]
+    auto = measure("ckptool check resnet50.pth (--arch auto)", [*ck, "check", str(paths["resnet50"])], runs)
+    x50 = measure("ckptool check resnext50_32x4d.pth (auto)", [*ck, "check", str(paths["resnext50_32x4d"])], runs)
+    named = measure("ckptool check --arch resnet50", [*ck, "check", str(paths["resnet50"]), "--arch", "resnet50"], runs)
+    today = measure("today: resnet50() + torch.load + load_state_dict", [sys.executable, "-c", TODAY_RESNET,
+                    str(paths["resnet50"])], runs)  # fmt: skip
+    print()
+    print(report(f"check resnet50.pth (98 MB) with {len(names())} registry variants: {fams}",
+                 [auto, x50, named, today], auto))  # fmt: skip
+
+    def mem(shapes: dict[str, tuple[int, ...]]) -> Checkpoint:
+        return Checkpoint("<mem>", "torch-zip", [TensorInfo(k, "float32", s) for k, s in shapes.items()])
+
+    cases = {
+        "resnet50 file": open_checkpoint(paths["resnet50"]),
+        "vgg16_bn headers": mem(resolve("vgg16_bn").state_dict_shapes()),
+        "vit_b_16 headers": mem(resolve("vit_b_16").state_dict_shapes()),
+        "resnet152 headers": mem(resolve("resnet152").state_dict_shapes()),
+        "unknown (an MLP)": mem({"enc.weight": (64, 32), "enc.bias": (64,), "dec.weight": (32, 64)}),
+    }
+    print()
+    print("in-process check(ck, 'auto'), median of", runs, "(after one warm-up):")
+    for label, c in cases.items():
+        times = []
+        for _ in range(runs + 1):
+            t0 = time.perf_counter()
+            r = check(c, "auto")
+            times.append(time.perf_counter() - t0)
+        print(f"  {label:20s} {statistics.median(times[1:]) * 1000:7.1f} ms  -> {r.arch}")
 
 
 if __name__ == "__main__":

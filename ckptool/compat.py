@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,21 +124,28 @@ def known_prefix(keys: list[str]) -> str:
             return pre
 
 
+@functools.lru_cache(maxsize=8)
+def _splits(keys: tuple[str, ...]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A file's known prefix and every (prefix, rest) split of its keys at a dot: computed once per file,
+    not once per registry variant (``check --arch auto`` matches every variant of every family)."""
+    pairs = []
+    for k in keys:
+        pos = k.find(".")
+        while pos != -1:
+            pairs.append((k[: pos + 1], k[pos + 1 :]))
+            pos = k.find(".", pos + 1)
+    return known_prefix(list(keys)), tuple(pairs)
+
+
 def _prefix_candidates(keys: list[str], spec: ArchSpec) -> list[str]:
     """Prefixes worth trying: none, the known ones, and any P such that P + model key is a file key for
     at least half the model's keys (``backbone.``, ``features.`` ...)."""
     expected = spec.state_dict_shapes()
     out = [""]
-    known = known_prefix(keys)
+    known, pairs = _splits(tuple(keys))
     if known:
         out.append(known)
-    counts: Counter[str] = Counter()
-    for k in keys:
-        pos = k.find(".")
-        while pos != -1:
-            if k[pos + 1 :] in expected:
-                counts[k[: pos + 1]] += 1
-            pos = k.find(".", pos + 1)
+    counts: Counter[str] = Counter(p for p, rest in pairs if rest in expected)
     need = max(1, len(expected) // 2)
     out.extend(p for p, n in counts.most_common(8) if n >= need and p not in out)
     return out
@@ -293,8 +301,9 @@ def _split_part(spec: ArchSpec) -> tuple[str, str | None]:
 def _dtype_notes(ck: Checkpoint, m: Match) -> list[str]:
     tensors = {t.name: t for t in ck.tensors}
     pairs: Counter[tuple[str, str]] = Counter()
+    expected = m.spec.state_dict_shapes()
     for fk, mk in m.key_map.items():
-        if mk in m.spec.state_dict_shapes():
+        if mk in expected:
             want = m.spec.expected_dtype(mk)
             got = tensors[fk].dtype
             if got != want:
@@ -377,7 +386,7 @@ def _told_apart(best: Match, ranked: list[Match]) -> list[str]:
     wide_resnet50_2), the key whose shape decided it."""
     out = []
     mine = best.spec.state_dict_shapes()
-    got = {mk: best.spec.state_dict_shapes().get(mk) for mk in best.key_map.values()}
+    got = {mk: mine.get(mk) for mk in best.key_map.values()}
     for other in ranked[1:3]:
         if other.score < best.score - 0.2 or other.spec.family != best.spec.family or other.spec.name == best.spec.name:
             continue

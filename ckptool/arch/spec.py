@@ -92,9 +92,16 @@ class ArchSpec:
     part_module: Callable[[Any, Part], Any] | None = field(default=None, compare=False, hash=False, repr=False)
     state_order: tuple[str, ...] = ()  # torch's key order, when it is not the forward order of ``modules``
     notes: tuple[str, ...] = ()  # what the layer table should say about this architecture (e.g. its depth)
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
 
     def state_dict_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Expected state_dict keys (in torch's order) and their shapes."""
+        """Expected state_dict keys (in torch's order) and their shapes (computed once; do not mutate)."""
+        hit = self._cache.get("shapes")
+        if hit is None:
+            hit = self._cache["shapes"] = self._shapes()
+        return hit  # type: ignore[no-any-return]
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
         out: dict[str, tuple[int, ...]] = {}
         for m in self.modules:
             for n, s in m.params + m.buffers:
@@ -111,7 +118,12 @@ class ArchSpec:
 
     def optional_keys(self) -> set[str]:
         """Keys load_state_dict tolerates when missing (BatchNorm's num_batches_tracked, as in pre-1.0 files)."""
-        return {join_key(m.path, "num_batches_tracked") for m in self.modules if m.is_batchnorm}
+        hit = self._cache.get("optional")
+        if hit is None:
+            hit = self._cache["optional"] = {
+                join_key(m.path, "num_batches_tracked") for m in self.modules if m.is_batchnorm
+            }
+        return hit  # type: ignore[no-any-return]
 
     @property
     def weight_layers(self) -> int:
