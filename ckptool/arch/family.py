@@ -34,9 +34,9 @@ class Family:
       the keys and shapes :meth:`spec` promises (a test holds every family to this).
     - ``parts``: named parts for ``--part`` and backbone-only files; ``backbone``: the part
       ``export --onnx --features-only`` exports; :meth:`part_module` takes it out of a built model.
-    - :meth:`probe`: the key shapes that tell the variants apart when identifying a file; by default every
-      key of the expected state_dict (identification scores key names *and* shapes, so variants with the
-      same keys and other shapes, such as resnet50 and resnext50_32x4d, are told apart).
+    - what tells the variants apart is the expected state_dict itself: identification scores key names
+      *and* shapes, so variants with the same keys and other shapes (resnet50, resnext50_32x4d) are told
+      apart, and ``check`` names the key that decided between close siblings.
     - :meth:`label` (how check names a variant to a user) and :meth:`details` (the ``archs`` columns).
     """
 
@@ -61,9 +61,6 @@ class Family:
 
     def details(self, variant: str) -> dict[str, Any]:
         return {}
-
-    def probe(self, variant: str, num_classes: int) -> dict[str, tuple[int, ...]]:
-        return self.spec(variant, num_classes).state_dict_shapes()
 
     def full_spec(self, variant: str, num_classes: int) -> ArchSpec:
         """:meth:`spec` with the registry's wiring: family, parts, backbone and the (lazy) builder."""

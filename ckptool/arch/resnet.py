@@ -150,11 +150,5 @@ class ResNetFamily(Family):
         block, layers, groups, width = VARIANTS[variant]
         return {"block": block, "layers": list(layers), "groups": groups, "width_per_group": width}
 
-    def probe(self, variant: str, num_classes: int) -> dict[str, tuple[int, ...]]:
-        spec = self.spec(variant, num_classes).state_dict_shapes()
-        keys = ["conv1.weight", "layer1.0.conv2.weight", "layer4.0.conv1.weight", "fc.weight"]
-        last = max(k for k in spec if k.startswith("layer3.") and k.endswith("conv1.weight"))
-        return {k: spec[k] for k in [*keys, last] if k in spec}
-
 
 RESNET = register_family(ResNetFamily())
