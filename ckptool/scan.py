@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickletools
 import re
-import struct
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -47,12 +45,9 @@ from .formats.sniff import detect
 from .formats.unpickler import (
     DANGEROUS_MODULES,
     DANGEROUS_NAMES,
-    MAX_MARK_DEPTH,
-    MAX_MEMO,
-    MAX_OPS,
-    MAX_STACK,
-    Memo,
-    _Source,
+    PICKLE_MAGIC,
+    Walk,
+    collect_globals,
     is_allowed,
     is_dangerous,
     is_torchscript_name,
@@ -62,11 +57,9 @@ from .sources import CHUNK, Source
 
 SAFE, DANGEROUS, UNKNOWN = "safe", "dangerous", "unknown"
 
-PICKLE_MAGIC = tuple(bytes([0x80, p]) for p in (2, 3, 4, 5))
 # torch.hub: HASH_REGEX = re.compile(r'-([a-f0-9]*)\.'), searched in the file name; check_hash then
 # compares that prefix with the sha256 hex digest. Six hex digits at least, to avoid judging dates.
 HASH_SUFFIX = re.compile(r"-([a-f0-9]{6,64})\.")
-MAX_NESTED_PICKLE = 64 << 20  # bytes constants scanned as pickles up to this size
 MAX_NESTED_DEPTH = 3
 MAX_FINDINGS_PER_KIND = 50
 LEGACY_NAMES = ("magic number", "protocol version", "sys_info", "object", "storage keys")
@@ -183,244 +176,19 @@ def classify(qualname: str, *, torchscript: bool = False) -> str:
     return DANGEROUS if is_dangerous(qualname) else UNKNOWN
 
 
-def _split_global(arg: Any) -> tuple[str, str]:
-    module, _, name = str(arg).partition(" ")
-    return module, name
-
-
 # --------------------------------------------------------------------------------------------
-# The opcode walk (never executes anything)
+# The opcode walk: the unpickler's interpreter with its collect-globals policy (never executes anything)
 # --------------------------------------------------------------------------------------------
-class _Any:
-    """A stack value scan does not track (anything but a string)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:  # pragma: no cover - debugging aid
-        return "<any>"
+_Walk = Walk
 
 
-ANY = _Any()
-
-
-@dataclass(frozen=True)
-class _GlobalVal:
-    """A stack value that is a global itself (the target of a later BUILD, REDUCE, ...)."""
-
-    module: str
-    name: str
-
-
-_STRING_OPS = frozenset(
-    {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
-)
-_BYTES_OPS = frozenset({"BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"})
-_MEMO_PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
-_MEMO_GET = frozenset({"GET", "BINGET", "LONG_BINGET"})
-
-
-def _effects() -> dict[str, tuple[bool, int, int]]:
-    """opcode name -> (pops down to the last MARK, then pops below it, then pushes), from pickletools' own
-    opcode table. APPENDS is [list, markobject, stackslice] -> [list]: the slice, then 1, then push 1."""
-    out = {}
-    for op in pickletools.opcodes:
-        before, after = op.stack_before, op.stack_after
-        if pickletools.markobject in before:
-            out[op.name] = (True, before.index(pickletools.markobject), len(after))
-        else:
-            out[op.name] = (False, len(before), len(after))
-    return out
-
-
-_EFFECTS = _effects()
-
-
-@dataclass
-class _Walk:
-    globals: list[tuple[str, str, int, str]]  # (module, name, file offset, opcode)
-    nested: list[tuple[int, bytes]]  # (file offset of the opcode, bytes constant that looks like a pickle)
-    unresolved: list[tuple[int, str]]  # (offset, why) STACK_GLOBAL whose names are not constant strings
-    extensions: list[tuple[int, str, int]]  # (offset, opcode, code) EXT1/2/4
-    buffers: list[tuple[int, str]]  # NEXT_BUFFER / READONLY_BUFFER
-    builds: list[tuple[int, str]] = field(default_factory=list)  # (offset, module.name) BUILD on a global
-    protocol: int | None = None
-    opcodes: int = 0
-    end: int = 0  # position after the last opcode read
-    complete: bool = False
-    error: str | None = None
-
-
-# opcode name -> what walk_pickle does with it; anything else takes its generic stack effect
-_K_STRING, _K_BYTES, _K_PUT, _K_MEMOIZE, _K_GET, _K_DUP, _K_POP, _K_MARK = range(8)
-_K_GLOBAL, _K_INST, _K_STACK_GLOBAL, _K_BUILD, _K_EXT, _K_BUFFER, _K_PROTO, _K_FRAME, _K_STOP = range(8, 17)
-_KIND: dict[str, int] = {
-    **dict.fromkeys(_STRING_OPS, _K_STRING),
-    **dict.fromkeys(_BYTES_OPS, _K_BYTES),
-    **dict.fromkeys(_MEMO_PUT, _K_PUT),
-    **dict.fromkeys(_MEMO_GET, _K_GET),
-    "MEMOIZE": _K_MEMOIZE, "DUP": _K_DUP, "POP": _K_POP, "MARK": _K_MARK, "GLOBAL": _K_GLOBAL, "INST": _K_INST,
-    "STACK_GLOBAL": _K_STACK_GLOBAL, "BUILD": _K_BUILD, "EXT1": _K_EXT, "EXT2": _K_EXT, "EXT4": _K_EXT,
-    "NEXT_BUFFER": _K_BUFFER, "READONLY_BUFFER": _K_BUFFER, "PROTO": _K_PROTO, "FRAME": _K_FRAME, "STOP": _K_STOP,
-}  # fmt: skip
-_CHECK_EVERY = 0xFFF
-
-
-def _nested_str(arg: Any) -> bytes | None:
-    """A str constant that holds a pickle (protocol 2 pickles bytes as _codecs.encode(<latin-1 str>))."""
-    if isinstance(arg, str) and arg[:1] == "\x80" and arg[1:2] in ("\x02", "\x03", "\x04", "\x05"):
-        try:
-            data = arg.encode("latin-1")
-        except UnicodeEncodeError:
-            return None
-        return data if len(data) <= MAX_NESTED_PICKLE else None
-    return None
-
-
-def walk_pickle(buf: Any, pos: int = 0, end: int | None = None) -> _Walk:
+def walk_pickle(buf: Any, pos: int = 0, end: int | None = None) -> Walk:
     """Walk one pickle from ``buf[pos:]`` (never past ``end``); collect the globals it references.
 
     Never raises for a malformed pickle: the walk stops and ``error`` says why, keeping every global
     seen before that point (``pickle.load`` would already have run them).
     """
-    end = len(buf) if end is None else min(end, len(buf))
-    w = _Walk(globals=[], nested=[], unresolved=[], extensions=[], buffers=[], end=pos)
-    src = _Source(buf, pos)
-    tell = src.tell
-    stack: list[Any] = []
-    push = stack.append
-    marks: list[int] = []
-    memo = Memo()
-    dense = memo.dense
-    kinds = _KIND
-    effects = _EFFECTS
-
-    def pop(n: int) -> list[Any]:
-        if n > len(stack) - (marks[-1] if marks else 0):
-            raise ValueError("stack underflow")
-        if n == 0:
-            return []
-        items = stack[-n:]
-        del stack[-n:]
-        return items
-
-    def check(n: int) -> None:
-        if tell() > end:
-            raise ValueError(f"runs past the end of its container at byte {end}")
-        if n > MAX_OPS or len(stack) > MAX_STACK:
-            raise ValueError("exceeds ckptool's size bounds")
-
-    n = 0
-    try:
-        for op, arg, at in pickletools.genops(src):  # type: ignore[arg-type]
-            n += 1
-            if not n & _CHECK_EVERY:
-                check(n)
-            name = op.name
-            kind = kinds.get(name)
-            if kind is None:  # everything that only moves values around: its stack effect
-                to_mark, pops, pushes = effects[name]
-                if to_mark:
-                    if not marks:
-                        raise ValueError(f"{name} without a MARK")
-                    del stack[marks.pop() :]
-                if pops:
-                    pop(pops)
-                if pushes:
-                    push(ANY)
-                continue
-            if kind == _K_STRING:
-                if isinstance(arg, str) and arg.startswith("\x80"):
-                    data = _nested_str(arg)
-                    if data:
-                        w.nested.append((at if at is not None else -1, data))
-                push(arg)
-            elif kind in (_K_PUT, _K_MEMOIZE):
-                if not stack or (marks and marks[-1] == len(stack)):
-                    raise ValueError(f"{name} on an empty stack")
-                size = len(dense) + len(memo.sparse)
-                if size >= MAX_MEMO:
-                    raise ValueError(f"memo exceeds {MAX_MEMO} entries")
-                i = size if kind == _K_MEMOIZE else int(arg or 0)
-                if i == len(dense) and not memo.sparse:
-                    dense.append(stack[-1])
-                else:
-                    memo.put(i, stack[-1])
-            elif kind == _K_GET:
-                i = int(arg or 0)
-                push(dense[i] if 0 <= i < len(dense) else memo.get(i))
-            elif kind == _K_DUP:
-                if not stack:
-                    raise ValueError("DUP on an empty stack")
-                push(stack[-1])
-            elif kind == _K_POP:
-                if marks and marks[-1] == len(stack):
-                    marks.pop()
-                else:
-                    pop(1)
-            elif kind == _K_MARK:
-                if len(marks) >= MAX_MARK_DEPTH:
-                    raise ValueError(f"nests deeper than {MAX_MARK_DEPTH}")
-                marks.append(len(stack))
-            elif kind == _K_BYTES:
-                data = arg or b""
-                if data[:2] in PICKLE_MAGIC and len(data) <= MAX_NESTED_PICKLE:
-                    w.nested.append((at if at is not None else -1, bytes(data)))
-                push(ANY)
-            elif kind == _K_GLOBAL:
-                module, gname = _split_global(arg)
-                w.globals.append((module, gname, at if at is not None else -1, name))
-                push(_GlobalVal(module, gname))
-            elif kind == _K_STACK_GLOBAL:
-                gname, module = (pop(2) or [ANY, ANY])[::-1]
-                here = at if at is not None else -1
-                if isinstance(module, str) and isinstance(gname, str):
-                    w.globals.append((module, gname, here, name))
-                    push(_GlobalVal(module, gname))
-                else:
-                    w.unresolved.append((here, "module and name are not string constants"))
-                    push(ANY)
-            elif kind == _K_INST:
-                module, gname = _split_global(arg)
-                w.globals.append((module, gname, at if at is not None else -1, name))
-                if not marks:
-                    raise ValueError("INST without a MARK")
-                del stack[marks.pop() :]
-                push(ANY)
-            elif kind == _K_BUILD:
-                pop(1)
-                if not stack or (marks and marks[-1] == len(stack)):
-                    raise ValueError("BUILD on an empty stack")
-                target = stack[-1]
-                if isinstance(target, _GlobalVal):
-                    w.builds.append((at if at is not None else -1, f"{target.module}.{target.name}"))
-            elif kind == _K_EXT:
-                w.extensions.append((at if at is not None else -1, name, int(arg or 0)))
-                push(ANY)
-            elif kind == _K_BUFFER:
-                w.buffers.append((at if at is not None else -1, name))
-                if name == "READONLY_BUFFER":
-                    pop(1)
-                push(ANY)
-            elif kind == _K_PROTO:
-                w.protocol = int(arg or 0)
-            elif kind == _K_STOP:
-                check(n)
-                w.complete = True
-                break
-            # _K_FRAME: nothing to do
-        else:  # pragma: no cover - genops raises before running out
-            raise ValueError("pickle exhausted before seeing STOP")
-    except CorruptFileError as e:  # memo lookups
-        w.error = e.message
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError, UnicodeDecodeError, struct.error) as e:
-        w.error = str(e) or type(e).__name__
-    except (MemoryError, RecursionError) as e:
-        w.error = f"{type(e).__name__}: too large to walk"
-    w.opcodes = n
-    if not w.complete and w.error is None:
-        w.error = "pickle exhausted before seeing STOP"
-    w.end = min(tell(), end)
-    return w
+    return collect_globals(buf, pos, end)
 
 
 # --------------------------------------------------------------------------------------------

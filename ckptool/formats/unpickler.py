@@ -640,6 +640,7 @@ class Interpreter:
         self.push = self.stack.append
         self._dense, self._sparse = self.memo.dense, self.memo.sparse  # the memo fast paths below
         self.ops = 0
+        self.at: int | None = None  # the position of the opcode being interpreted
 
     # -- stack helpers ----------------------------------------------------------------------------------------
     def pop_mark(self) -> list[Any]:
@@ -665,7 +666,7 @@ class Interpreter:
 
     def op_mark(self, arg: Any) -> None:
         if len(self.marks) >= MAX_MARK_DEPTH:
-            raise CorruptFileError(f"{self.where}: pickle nests deeper than {MAX_MARK_DEPTH}")
+            raise CorruptFileError(f"{self.where}: nests deeper than {MAX_MARK_DEPTH}")
         self.marks.append(len(self.stack))
 
     def op_bytearray(self, arg: Any) -> None:
@@ -770,8 +771,8 @@ class Interpreter:
         self.push(self.stack[-1])
 
     def op_put(self, arg: Any) -> None:
-        stack = self.stack
-        if not stack:
+        stack, marks = self.stack, self.marks
+        if not stack or (marks and marks[-1] == len(stack)):
             raise CorruptFileError(f"{self.where}: PUT on an empty stack")
         dense, sparse = self._dense, self._sparse  # the fast path inlines Memo.put
         n = len(dense)
@@ -784,8 +785,8 @@ class Interpreter:
             self.memo.put(i, stack[-1])
 
     def op_memoize(self, arg: Any) -> None:
-        stack, memo = self.stack, self.memo
-        if not stack:
+        stack, memo, marks = self.stack, self.memo, self.marks
+        if not stack or (marks and marks[-1] == len(stack)):
             raise CorruptFileError(f"{self.where}: MEMOIZE on an empty stack")
         n = len(memo.dense) + len(memo.sparse)
         if n >= MAX_MEMO:
@@ -866,10 +867,10 @@ class Interpreter:
 
     # -- the loop -----------------------------------------------------------------------------------------------
     def check_bounds(self) -> None:
-        if self.ops > MAX_OPS or len(self.stack) > MAX_STACK:
-            raise CorruptFileError(f"{self.where}: pickle exceeds ckptool's size bounds")
         if self.reader.tell() > self.limit:
-            raise CorruptFileError(f"{self.where}: pickle runs past the end of its record (truncated?)")
+            raise CorruptFileError(f"{self.where}: runs past the end of its container at byte {self.limit}")
+        if self.ops > MAX_OPS or len(self.stack) > MAX_STACK:
+            raise CorruptFileError(f"{self.where}: exceeds ckptool's size bounds")
 
     def handlers(self) -> dict[str, Callable[[Any], None]]:
         table: dict[str, Callable[[Any], None]] = {op: getattr(self, m) for op, m in self.DISPATCH.items()}
@@ -881,12 +882,25 @@ class Interpreter:
 
     def run(self) -> tuple[Any, int]:
         """Interpret to STOP. Returns (object, position after STOP); every malformed input is a CorruptFileError."""
-        where, stack = self.where, self.stack
+        where = self.where
+        try:
+            return self.interpret()
+        except (CorruptFileError, UnsafePickleError):
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError, UnicodeDecodeError, struct.error) as e:
+            raise CorruptFileError(f"{where}: not a valid pickle ({e})") from None
+        except RecursionError:
+            raise CorruptFileError(f"{where}: pickle nests too deeply") from None
+
+    def interpret(self) -> Any:
+        """The loop both policies share: every opcode through its handler, the bounds checked every 4096
+        opcodes and at STOP, whose result is :meth:`op_stop`'s. ``self.at`` is the opcode's position."""
         get_handler = self.handlers().get
         ops = 0
         try:
-            for op, arg, _p in pickletools.genops(self.reader):  # type: ignore[arg-type]
+            for op, arg, at in pickletools.genops(self.reader):  # type: ignore[arg-type]
                 ops += 1
+                self.at = at
                 if not ops & _CHECK_EVERY:
                     self.ops = ops
                     self.check_bounds()
@@ -898,18 +912,18 @@ class Interpreter:
                 if name == "STOP":
                     self.ops = ops
                     self.check_bounds()
-                    if len(stack) != 1 or self.marks:
-                        raise CorruptFileError(f"{where}: pickle ended with an unbalanced stack")
-                    check_nesting(stack[0], where)
-                    return stack[0], self.reader.tell()
-                raise CorruptFileError(f"{where}: unsupported pickle opcode {name}")  # pragma: no cover
-        except (CorruptFileError, UnsafePickleError):
-            raise
-        except (ValueError, TypeError, KeyError, IndexError, OverflowError, UnicodeDecodeError, struct.error) as e:
-            raise CorruptFileError(f"{where}: not a valid pickle ({e})") from None
-        except RecursionError:
-            raise CorruptFileError(f"{where}: pickle nests too deeply") from None
-        raise CorruptFileError(f"{where}: pickle is truncated (no STOP opcode)")
+                    return self.op_stop()
+                raise CorruptFileError(f"{self.where}: unsupported pickle opcode {name}")  # pragma: no cover
+        finally:
+            self.ops = ops
+        raise CorruptFileError(f"{self.where}: pickle is truncated (no STOP opcode)")  # pragma: no cover
+
+    def op_stop(self) -> tuple[Any, int]:
+        stack = self.stack
+        if len(stack) != 1 or self.marks:
+            raise CorruptFileError(f"{self.where}: pickle ended with an unbalanced stack")
+        check_nesting(stack[0], self.where)
+        return stack[0], self.reader.tell()
 
 
 def load(
@@ -927,6 +941,234 @@ def load(
     return Interpreter(
         buf, pos, end=end, persistent_load=persistent_load, torchscript=torchscript, where=where, inert=inert
     ).run()
+
+
+# --------------------------------------------------------------------------------------------
+# The second policy: collect the globals a pickle references (what ``ckptool scan`` judges)
+# --------------------------------------------------------------------------------------------
+PICKLE_MAGIC = tuple(bytes([0x80, p]) for p in (2, 3, 4, 5))
+MAX_NESTED_PICKLE = 64 << 20  # bytes constants walked as pickles up to this size
+
+
+class _Any:
+    """A stack value the collector does not track (anything but a string or a global)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return "<any>"
+
+
+ANY = _Any()
+
+
+@dataclass(frozen=True)
+class GlobalValue:
+    """A stack value that is a global itself (the target of a later BUILD, REDUCE, ...)."""
+
+    module: str
+    name: str
+
+
+@dataclass
+class Walk:
+    """What :class:`GlobalCollector` saw in one pickle."""
+
+    globals: list[tuple[str, str, int, str]]  # (module, name, offset of the opcode, opcode)
+    nested: list[tuple[int, bytes]]  # (offset of the opcode, bytes/str constant that looks like a pickle)
+    unresolved: list[tuple[int, str]]  # (offset, why) STACK_GLOBAL whose names are not constant strings
+    extensions: list[tuple[int, str, int]]  # (offset, opcode, code) EXT1/2/4
+    buffers: list[tuple[int, str]]  # NEXT_BUFFER / READONLY_BUFFER
+    builds: list[tuple[int, str]] = field(default_factory=list)  # (offset, module.name) BUILD on a global
+    protocol: int | None = None
+    opcodes: int = 0
+    end: int = 0  # position after the last opcode read
+    complete: bool = False
+    error: str | None = None
+
+
+def _effects() -> dict[str, tuple[bool, int, int]]:
+    """opcode name -> (pops down to the last MARK, then pops below it, then pushes), from pickletools' own
+    opcode table. APPENDS is [list, markobject, stackslice] -> [list]: the slice, then 1, then push 1."""
+    out = {}
+    for op in pickletools.opcodes:
+        before, after = op.stack_before, op.stack_after
+        if pickletools.markobject in before:
+            out[op.name] = (True, before.index(pickletools.markobject), len(after))
+        else:
+            out[op.name] = (False, len(before), len(after))
+    return out
+
+
+_EFFECTS = _effects()
+_STRING_OPS = frozenset(
+    {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+)
+_BYTES_OPS = frozenset({"BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"})
+
+
+def _nested_str(arg: Any) -> bytes | None:
+    """A str constant that holds a pickle (protocol 2 pickles bytes as _codecs.encode(<latin-1 str>))."""
+    if isinstance(arg, str) and arg[:1] == "\x80" and arg[1:2] in ("\x02", "\x03", "\x04", "\x05"):
+        try:
+            data = arg.encode("latin-1")
+        except UnicodeEncodeError:
+            return None
+        return data if len(data) <= MAX_NESTED_PICKLE else None
+    return None
+
+
+class GlobalCollector(Interpreter):
+    """The same interpreter with the *collect globals* policy (torch's ``get_globals_in_pkl``, but complete).
+
+    Only string constants and globals are tracked (on the stack and through the memo, so STACK_GLOBAL resolves
+    through BINGET/MEMOIZE); every other value is :data:`ANY`, and every opcode without a handler here takes
+    its generic stack effect from pickletools' opcode table. Globals are recorded with their offsets and
+    opcodes, never looked up; STACK_GLOBAL on non-constants, EXT codes, out-of-band buffers, BUILD on a
+    global and pickles nested in bytes/str constants are recorded too. :meth:`run` never raises for a
+    malformed pickle: it stops and records why in :attr:`Walk.error`, keeping everything seen before.
+    The stack, the memo fast paths and the resource bounds are :class:`Interpreter`'s.
+    """
+
+    COLLECT: ClassVar[dict[str, str]] = {
+        "PROTO": "op_proto", "FRAME": "op_noop", "MARK": "op_mark", "POP": "op_pop", "DUP": "op_dup",
+        "PUT": "op_put", "BINPUT": "op_put", "LONG_BINPUT": "op_put", "MEMOIZE": "op_memoize", "GET": "op_get",
+        "BINGET": "op_get", "LONG_BINGET": "op_get", "GLOBAL": "op_global", "INST": "op_inst",
+        "STACK_GLOBAL": "op_stack_global", "BUILD": "op_build",
+        **dict.fromkeys(_STRING_OPS, "op_string"), **dict.fromkeys(_BYTES_OPS, "op_bytes"),
+    }  # fmt: skip
+
+    def __init__(self, buf: Any, pos: int = 0, end: int | None = None):
+        super().__init__(buf, pos, end=end)
+        self.walk = Walk(globals=[], nested=[], unresolved=[], extensions=[], buffers=[], end=pos)
+
+    def _here(self) -> int:
+        return self.at if self.at is not None else -1
+
+    def pop_n(self, n: int) -> list[Any]:
+        stack, marks = self.stack, self.marks
+        if n > len(stack) - (marks[-1] if marks else 0):
+            raise CorruptFileError(f"{self.where}: stack underflow")
+        items = stack[-n:]
+        del stack[-n:]
+        return items
+
+    def _effect(self, name: str, to_mark: bool, pops: int, pushes: int) -> Callable[[Any], None]:
+        """The handler of an opcode that only moves values around: its generic stack effect."""
+        stack, marks, push, pop_n = self.stack, self.marks, self.push, self.pop_n
+        if not to_mark and not pops:
+            return (lambda arg: push(ANY)) if pushes else self.op_noop
+
+        def effect(arg: Any) -> None:
+            if to_mark:
+                if not marks:
+                    raise CorruptFileError(f"{self.where}: {name} without a MARK")
+                del stack[marks.pop() :]
+            if pops:
+                pop_n(pops)
+            if pushes:
+                push(ANY)
+
+        return effect
+
+    def handlers(self) -> dict[str, Callable[[Any], None]]:
+        table = {name: self._effect(name, *e) for name, e in _EFFECTS.items() if name != "STOP"}
+        table.update({op: getattr(self, m) for op, m in self.COLLECT.items()})
+        for name in ("EXT1", "EXT2", "EXT4"):
+            table[name] = functools.partial(self.op_ext, name)
+        for name in ("NEXT_BUFFER", "READONLY_BUFFER"):
+            table[name] = functools.partial(self.op_buffer, name)
+        return table
+
+    # -- handlers -----------------------------------------------------------------------------------------
+    def op_proto(self, arg: Any) -> None:
+        self.walk.protocol = int(arg or 0)
+
+    def op_string(self, arg: Any) -> None:
+        if arg[:1] == "\x80":
+            data = _nested_str(arg)
+            if data:
+                self.walk.nested.append((self._here(), data))
+        self.push(arg)
+
+    def op_bytes(self, arg: Any) -> None:
+        data = arg or b""
+        if data[:2] in PICKLE_MAGIC and len(data) <= MAX_NESTED_PICKLE:
+            self.walk.nested.append((self._here(), bytes(data)))
+        self.push(ANY)
+
+    def op_global(self, arg: Any) -> None:
+        module, _, gname = str(arg).partition(" ")
+        self.walk.globals.append((module, gname, self._here(), "GLOBAL"))
+        self.push(GlobalValue(module, gname))
+
+    def op_stack_global(self, arg: Any) -> None:
+        gname, module = self.pop_n(2)[::-1]
+        if isinstance(module, str) and isinstance(gname, str):
+            self.walk.globals.append((module, gname, self._here(), "STACK_GLOBAL"))
+            self.push(GlobalValue(module, gname))
+        else:
+            self.walk.unresolved.append((self._here(), "module and name are not string constants"))
+            self.push(ANY)
+
+    def op_inst(self, arg: Any) -> None:
+        module, _, gname = str(arg).partition(" ")
+        self.walk.globals.append((module, gname, self._here(), "INST"))
+        if not self.marks:
+            raise CorruptFileError(f"{self.where}: INST without a MARK")
+        del self.stack[self.marks.pop() :]
+        self.push(ANY)
+
+    def op_build(self, arg: Any) -> None:
+        self.pop_n(1)
+        stack, marks = self.stack, self.marks
+        if not stack or (marks and marks[-1] == len(stack)):
+            raise CorruptFileError(f"{self.where}: BUILD on an empty stack")
+        target = stack[-1]
+        if isinstance(target, GlobalValue):
+            self.walk.builds.append((self._here(), f"{target.module}.{target.name}"))
+
+    def op_ext(self, name: str, arg: Any) -> None:
+        self.walk.extensions.append((self._here(), name, int(arg or 0)))
+        self.push(ANY)
+
+    def op_buffer(self, name: str, arg: Any) -> None:
+        self.walk.buffers.append((self._here(), name))
+        if name == "READONLY_BUFFER":
+            self.pop_n(1)
+        self.push(ANY)
+
+    def op_stop(self) -> tuple[Any, int]:
+        self.walk.complete = True
+        return None, self.reader.tell()
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+    def run(self) -> Walk:  # type: ignore[override]
+        """Walk to STOP (or to the first malformed opcode); never raises for a malformed pickle."""
+        w = self.walk
+        error: str | None = None
+        try:
+            self.interpret()
+        except CorruptFileError as e:
+            error = e.message
+            prefix = f"{self.where}: "
+            if error.startswith(prefix):
+                error = error[len(prefix) :]
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError, UnicodeDecodeError, struct.error) as e:
+            error = str(e) or type(e).__name__
+        except (MemoryError, RecursionError) as e:
+            error = f"{type(e).__name__}: too large to walk"
+        w.error = error
+        w.opcodes = self.ops
+        if not w.complete and w.error is None:
+            w.error = "pickle exhausted before seeing STOP"
+        w.end = min(self.reader.tell(), self.limit)
+        return w
+
+
+def collect_globals(buf: Any, pos: int = 0, end: int | None = None) -> Walk:
+    """Walk one pickle from ``buf[pos:]`` (never past ``end``) with the :class:`GlobalCollector` policy."""
+    return GlobalCollector(buf, pos, end).run()
 
 
 TupleDepths = dict[int, tuple[tuple[Any, ...], int]]

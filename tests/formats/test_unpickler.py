@@ -9,12 +9,16 @@ import pytest
 
 from ckptool.errors import CorruptFileError, UnsafePickleError
 from ckptool.formats.unpickler import (
+    ANY,
     MAX_MARK_DEPTH,
     MAX_MEMO,
     Global,
+    GlobalCollector,
+    GlobalValue,
     Interpreter,
     Opaque,
     PickledDict,
+    collect_globals,
     load,
 )
 
@@ -270,3 +274,131 @@ def test_unbalanced_and_truncated_pickles_are_corrupt() -> None:
         load(b"\x80\x02K\x01K\x02.")
     with pytest.raises(CorruptFileError):
         load(pickle.dumps([1, 2, 3], protocol=2)[:-1])
+
+
+# -- the second policy: GlobalCollector (what scan walks with), handler by handler --------------------------------
+def cvm(*stack: object, marks: list[int] | None = None) -> GlobalCollector:
+    it = GlobalCollector(b"")
+    it.stack.extend(stack)
+    it.marks.extend(marks or [])
+    it.at = 7
+    return it
+
+
+def test_collector_has_a_handler_for_every_opcode_but_stop() -> None:
+    import pickletools
+
+    assert {op.name for op in pickletools.opcodes} - set(cvm().handlers()) == {"STOP"}
+
+
+def test_collector_string_is_pushed_symbolically_and_nested_pickles_are_recorded() -> None:
+    it = cvm()
+    it.op_string("os")
+    assert it.stack == ["os"] and it.walk.nested == []
+    inner = pickle.dumps(1, protocol=2).decode("latin-1")
+    it.op_string(inner)
+    assert it.walk.nested == [(7, inner.encode("latin-1"))]
+
+
+def test_collector_bytes_are_any_and_nested_pickles_are_recorded() -> None:
+    it = cvm()
+    it.op_bytes(b"plain")
+    assert it.stack == [ANY] and it.walk.nested == []
+    it.op_bytes(b"\x80\x04K\x01.")
+    assert it.walk.nested == [(7, b"\x80\x04K\x01.")]
+
+
+def test_collector_global_records_offset_and_opcode() -> None:
+    it = cvm()
+    it.op_global("os system")
+    assert it.walk.globals == [("os", "system", 7, "GLOBAL")]
+    assert it.stack == [GlobalValue("os", "system")]
+
+
+def test_collector_stack_global_resolves_constants_and_records_the_rest() -> None:
+    it = cvm("posix", "system")
+    it.op_stack_global(None)
+    assert it.walk.globals == [("posix", "system", 7, "STACK_GLOBAL")]
+    it = cvm(ANY, "system")
+    it.op_stack_global(None)
+    assert it.walk.globals == [] and it.walk.unresolved == [(7, "module and name are not string constants")]
+    assert it.stack == [ANY]
+    with pytest.raises(CorruptFileError, match="stack underflow"):
+        cvm("x", marks=[1]).op_stack_global(None)  # the names must be above the last MARK
+
+
+def test_collector_inst_records_and_pops_to_the_mark() -> None:
+    it = cvm("a", "b", marks=[1])
+    it.op_inst("builtins eval")
+    assert it.walk.globals == [("builtins", "eval", 7, "INST")] and it.stack == ["a", ANY] and it.marks == []
+    with pytest.raises(CorruptFileError, match="INST without a MARK"):
+        cvm().op_inst("builtins eval")
+
+
+def test_collector_build_on_a_global_is_recorded_and_on_values_is_not() -> None:
+    it = cvm(GlobalValue("os", "path"), ANY)
+    it.op_build(None)
+    assert it.walk.builds == [(7, "os.path")] and it.stack == [GlobalValue("os", "path")]
+    it = cvm(ANY, ANY)
+    it.op_build(None)
+    assert it.walk.builds == []
+    with pytest.raises(CorruptFileError, match="BUILD on an empty stack"):
+        cvm(ANY).op_build(None)
+
+
+def test_collector_ext_and_buffers_are_recorded_not_refused() -> None:
+    it = cvm(ANY)
+    it.op_ext("EXT2", 513)
+    it.op_buffer("NEXT_BUFFER", None)
+    it.op_buffer("READONLY_BUFFER", None)
+    assert it.walk.extensions == [(7, "EXT2", 513)]
+    assert it.walk.buffers == [(7, "NEXT_BUFFER"), (7, "READONLY_BUFFER")]
+    assert it.stack == [ANY, ANY, ANY]
+
+
+def test_collector_proto_records_the_protocol() -> None:
+    it = cvm()
+    it.op_proto(4)
+    assert it.walk.protocol == 4
+
+
+def test_collector_generic_effects_respect_the_mark() -> None:
+    it = cvm("d", "k", "v")
+    table = it.handlers()
+    table["SETITEM"](None)  # pickletools: [any, any, any] -> [any]
+    assert it.stack == [ANY]
+    it = cvm(ANY, "x", marks=[1])
+    table = it.handlers()
+    table["TUPLE"](None)
+    assert it.stack == [ANY, ANY] and it.marks == []
+    with pytest.raises(CorruptFileError, match="APPENDS without a MARK"):
+        cvm(ANY).handlers()["APPENDS"](None)
+    with pytest.raises(CorruptFileError, match="stack underflow"):
+        cvm(ANY, marks=[1]).handlers()["REDUCE"](None)
+
+
+def test_collector_memo_carries_strings_to_stack_global() -> None:
+    w = collect_globals(b"\x80\x02U\x05posixq\x00U\x06systemq\x01h\x00h\x01\x93.")
+    assert [g[:2] for g in w.globals] == [("posix", "system")] and w.complete and w.protocol == 2
+
+
+def test_collector_put_on_a_mark_is_refused_by_both_policies() -> None:
+    with pytest.raises(CorruptFileError, match="PUT on an empty stack"):
+        cvm(ANY, marks=[1]).op_put(0)
+    with pytest.raises(CorruptFileError, match="PUT on an empty stack"):
+        vm(1, marks=[1]).op_put(0)
+
+
+def test_collector_never_raises_and_keeps_what_it_saw() -> None:
+    w = collect_globals(b"cos\nsystem\n(S'x'\ntR\xff\xff")
+    assert [g[:2] for g in w.globals] == [("os", "system")]
+    assert not w.complete and w.error and w.opcodes == 5
+    w = collect_globals(b"\x80\x04N" + b"\x94" * 3 + b"h\x09.")  # memo key 9 undefined
+    assert w.error == "memo key 9 is not defined" and not w.complete
+    w = collect_globals(b"cos\nsystem\n.", 0, 5)  # runs past its container
+    assert w.error is not None and w.end <= 5
+
+
+def test_collector_bounds_are_the_interpreters() -> None:
+    w = collect_globals(b"(" * (MAX_MARK_DEPTH + 1) + b".")
+    assert w.error == f"nests deeper than {MAX_MARK_DEPTH}"
