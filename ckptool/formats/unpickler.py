@@ -766,9 +766,10 @@ class Interpreter:
         self.pop_mark()
 
     def op_dup(self, arg: Any) -> None:
-        if not self.stack:
+        stack = self.stack
+        if not stack:
             raise CorruptFileError(f"{self.where}: DUP on an empty stack")
-        self.push(self.stack[-1])
+        stack.append(stack[-1])
 
     def op_put(self, arg: Any) -> None:
         stack, marks = self.stack, self.marks
@@ -785,16 +786,16 @@ class Interpreter:
             self.memo.put(i, stack[-1])
 
     def op_memoize(self, arg: Any) -> None:
-        stack, memo, marks = self.stack, self.memo, self.marks
+        stack, marks, dense, sparse = self.stack, self.marks, self._dense, self._sparse
         if not stack or (marks and marks[-1] == len(stack)):
             raise CorruptFileError(f"{self.where}: MEMOIZE on an empty stack")
-        n = len(memo.dense) + len(memo.sparse)
+        n = len(dense) + len(sparse)
         if n >= MAX_MEMO:
             raise CorruptFileError(f"{self.where}: memo exceeds {MAX_MEMO} entries")
-        if memo.sparse:
-            memo.put(n, stack[-1])
+        if sparse:
+            self.memo.put(n, stack[-1])
         else:
-            memo.dense.append(stack[-1])
+            dense.append(stack[-1])
 
     def op_get(self, arg: Any) -> None:
         i = int(arg or 0)
