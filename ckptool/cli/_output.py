@@ -336,12 +336,15 @@ class Status:
 
             self.status = _err_console().status(Text(text))
             self.status.start()
+            self.status.update(spinner="dots")  # draw the first step now, not at the first refresh tick
 
     def __call__(self, phase: str) -> None:
         if self.status is not None:
             from rich.text import Text
 
-            self.status.update(Text(phase + " ..."))
+            # naming the spinner makes rich redraw at once; a bare text update waits for the next 12.5 Hz
+            # refresh, so a phase shorter than 80 ms would never be shown
+            self.status.update(Text(phase + " ..."), spinner="dots")
 
     def close(self) -> None:
         if self.status is not None:
