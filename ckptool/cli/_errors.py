@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - older typer on the real click
     from click import ClickException, Context  # type: ignore[assignment,no-redef]
     from click import UsageError as ClickUsageError  # type: ignore[assignment,no-redef]
 
-from ..errors import CkptError, FindingsError
+from ..errors import CkptError, FindingsError, WeightsMismatchError
 from . import _output
 
 
@@ -126,3 +126,16 @@ class CkptGroup(TyperGroup):
             last = _output.current()
             if last is not None:
                 last.flush()
+
+
+def without_part(e: WeightsMismatchError) -> WeightsMismatchError:
+    """check's findings suggest ``--part NAME``; export and parity take ``--features-only`` instead."""
+    import re
+
+    def fix(text: str | None) -> str | None:
+        if text is None:
+            return None
+        text = re.sub(r"(check it with |checked as )?--part features\b", "use --features-only", text)
+        return re.sub(r"--part (\w+)", r"the \1 part (only features is exported, with --features-only)", text)
+
+    return WeightsMismatchError(fix(e.message) or e.message, path=e.path, hint=fix(e.hint))

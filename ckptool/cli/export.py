@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import FindingsError, UsageError, WeightsMismatchError
+from ._errors import without_part
 from ._options import (
     AllowGlobalOpt,
     ArchArgOpt,
@@ -217,19 +218,6 @@ def _export_onnx(
         _render_onnx(o, r)
     if not r.passed:
         raise FindingsError("parity failed: the ONNX model was not written", path=target)
-
-
-def without_part(e: WeightsMismatchError) -> WeightsMismatchError:
-    """check's findings suggest ``--part NAME``; export and parity take ``--features-only`` instead."""
-    import re
-
-    def fix(text: str | None) -> str | None:
-        if text is None:
-            return None
-        text = re.sub(r"(check it with |checked as )?--part features\b", "use --features-only", text)
-        return re.sub(r"--part (\w+)", r"the \1 part (only features is exported, with --features-only)", text)
-
-    return WeightsMismatchError(fix(e.message) or e.message, path=e.path, hint=fix(e.hint))
 
 
 def _render_onnx(o: Output, r: Any) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import FindingsError, WeightsMismatchError
+from ._errors import without_part
 from ._options import (
     AllowGlobalOpt,
     ArchArgOpt,
@@ -22,7 +23,6 @@ from ._options import (
     StolOpt,
 )
 from ._output import Output, dims, plural, start
-from .export import without_part
 
 OnnxArg = Annotated[Path, typer.Argument(help="The ONNX model to verify.", show_default=False)]
 SamplesOpt = Annotated[int, typer.Option("--samples", "-n", min=1, help="How many seeded inputs to run.")]
