@@ -29,8 +29,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import zipfile
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,10 +36,8 @@ from typing import Any
 from . import dtypes
 from .checkpoint import Checkpoint, TensorInfo
 from .errors import CkptError, CorruptFileError, UnsafeFileError, UnsupportedFormatError
-from .formats import onnx as onnx_format
-from .formats import open_checkpoint, torch_legacy, torch_zip
-from .formats import safetensors as safetensors_format
-from .formats.sniff import detect
+from .formats import open_checkpoint
+from .formats.sniff import FORMATS, detect
 from .formats.unpickler import (
     DANGEROUS_MODULES,
     DANGEROUS_NAMES,
@@ -62,7 +58,6 @@ SAFE, DANGEROUS, UNKNOWN = "safe", "dangerous", "unknown"
 HASH_SUFFIX = re.compile(r"-([a-f0-9]{6,64})\.")
 MAX_NESTED_DEPTH = 3
 MAX_FINDINGS_PER_KIND = 50
-LEGACY_NAMES = ("magic number", "protocol version", "sys_info", "object", "storage keys")
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,18 +312,33 @@ class _Scanner:
     def scan(self) -> ScanReport:
         head = bytes(self.mm[:4096])
         fmt = detect(head, self.size)  # the readers' own detectors
-        scanner = {
-            torch_zip.NAME: self.scan_zip,
-            torch_legacy.NAME: self.scan_legacy,
-            safetensors_format.NAME: self.scan_safetensors,
-            onnx_format.NAME: self.scan_onnx,
-        }.get(fmt or "")
-        if scanner is None:
+        hook = getattr(FORMATS.get(fmt or ""), "scan", None)  # the format knows where its pickles are
+        if hook is None:
             self.scan_bare(head)
         else:
-            scanner()
+            hook(self)
         self.check_hash_suffix()
         return self.report
+
+    # -- the ScanContext side (ckptool.formats.scanning) -----------------------------------------
+    def set_format(self, name: str) -> None:
+        self.report.format = name
+
+    def note(self, text: str) -> None:
+        self.report.notes.append(text)
+
+    def count(self, kind: str) -> int:
+        return self._counts.get(kind, 0)
+
+    def walked_at(self, offset: int) -> bool:
+        return any(p.offset == offset for p in self.report.pickles)
+
+    def values_pass(self) -> None:
+        """The reader's view of the file, and the value checks on it (or the finding/note of its refusal)."""
+        ck = self.open_reader()
+        if ck is not None:
+            with ck:
+                self.check_values(ck)
 
     def scan_bare(self, head: bytes) -> None:
         w = walk_pickle(self.mm, 0, self.size)
@@ -345,136 +355,6 @@ class _Scanner:
         self.report.format = "pickle"
         self.report.notes.append("a bare pickle stream (not torch.save output): globals listed, values not checked")
         self.walk_stream(self.mm, 0, self.size, "pickle", 0)
-
-    def scan_legacy(self) -> None:
-        self.report.format = "torch-legacy"
-        pos = 0
-        for i, label in enumerate(LEGACY_NAMES):
-            where = f"pickle {i + 1} ({label})"
-            w = walk_pickle(self.mm, pos, self.size)
-            self.record_walk(w, where, 0, pos)
-            if not w.complete:
-                self.find("invalid-pickle", f"not a valid pickle at byte {w.end}: {w.error}", where)
-                return
-            pos = w.end
-        # anything that parses as a pickle where the storage data should start is a hidden pickle
-        k = len(LEGACY_NAMES)
-        while pos < self.size and bytes(self.mm[pos : pos + 2]) in PICKLE_MAGIC:
-            w = walk_pickle(self.mm, pos, self.size)
-            if not w.complete:
-                break
-            k += 1
-            where = f"pickle {k} (after the storage keys)"
-            self.record_walk(w, where, 0, pos)
-            self.find("hidden-pickle", "an extra pickle sits where the storage data should start", where)
-            pos = w.end
-        ck = self.open_reader()
-        if ck is None:
-            return
-        with ck:
-            # every storage of the file (an optimizer's too), not only the located state_dict's
-            ends = [st.source.offset + st.source.nbytes for st in ck.storages.values() if st.source is not None]
-            last = max(ends, default=pos)
-            if last < self.size:
-                self.walk_stream(self.mm, last, self.size, f"{self.size - last} bytes after the last storage", 0,
-                                 probe=True)  # fmt: skip
-                if not any(p.offset == last for p in self.report.pickles):
-                    self.find("trailing-data", f"{self.size - last} bytes follow the last storage")
-            self.check_values(ck)
-
-    def scan_zip(self) -> None:
-        self.report.format = "torch-zip"
-        zf = torch_zip.open_zip(self.src)
-        with zf:
-            infos = zf.infolist()
-            names = [i.filename for i in infos]
-            self.torchscript = any("/code/" in f"/{n}" or n.endswith("constants.pkl") for n in names)
-            if self.torchscript:
-                self.report.format = "torchscript"
-                self.report.notes.append(
-                    "TorchScript archive: torch.jit.load compiles and runs its code/ folder (TorchScript, not "
-                    "Python); __torch__.* globals name its classes"
-                )
-            for kind, message, where in torch_zip.findings(self.mm, zf, infos):
-                self.find(kind, message, where)
-            for info in infos:
-                if info.filename.endswith("/"):  # (ZipInfo.is_dir fails on an empty name)
-                    continue
-                try:
-                    self.scan_member(zf, info)
-                except torch_zip.ZIP_ERRORS as e:
-                    self.find("zip-corrupt", f"cannot read member ({type(e).__name__}: {e})", info.filename)
-                except CorruptFileError as e:
-                    self.find("zip-corrupt", e.message, info.filename)
-        ck = self.open_reader()
-        if ck is not None:
-            with ck:
-                self.check_values(ck)
-
-    def scan_member(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
-        stored = info.compress_type == zipfile.ZIP_STORED
-        name = info.filename
-        is_storage = "/data/" in f"/{name}" and not name.endswith(".pkl")
-        pkl = name.endswith(".pkl")
-        if stored:
-            off = torch_zip.check_member(self.mm, info, self.path)
-            end = off + info.compress_size
-            if pkl or bytes(self.mm[off : off + 2]) in PICKLE_MAGIC:
-                self.walk_stream(self.mm, off, end, name, 0, probe=not pkl)
-            if self.values or not is_storage:
-                self.crc(info, off, end)
-            return
-        torch_zip.check_member(self.mm, info, self.path)
-        with zf.open(info) as fh:
-            head = fh.read(2)
-        if pkl or head in PICKLE_MAGIC:
-            data = torch_zip._member(zf, self.mm, info, self.path)  # bounded; zipfile checks the CRC
-            self.walk_stream(data, 0, len(data), name, None, probe=not pkl)
-            return
-        if self.values or not is_storage:
-            try:
-                with zf.open(info) as fh:
-                    while fh.read(CHUNK):
-                        pass
-            except zipfile.BadZipFile as e:
-                self.find("zip-crc", str(e), name)
-
-    def crc(self, info: zipfile.ZipInfo, off: int, end: int) -> None:
-        crc = 0
-        buf = bytearray(CHUNK)
-        mv = memoryview(buf)
-        pos = off
-        while pos < min(end, self.size):
-            k = min(CHUNK, min(end, self.size) - pos)
-            self.src.read_into(pos, mv[:k])
-            crc = zlib.crc32(mv[:k], crc)
-            pos += k
-        if crc != info.CRC:
-            self.find(
-                "zip-crc",
-                f"CRC-32 is {crc:08x} but the directory says {info.CRC:08x}: the record was modified or damaged",
-                info.filename,
-            )
-
-    def scan_safetensors(self) -> None:
-        self.report.format = "safetensors"
-        for kind, message, where in safetensors_format.findings(self.mm):
-            self.find(kind, message, where)
-        if self._counts.get(safetensors_format.KIND):
-            return
-        ck = self.open_reader()
-        if ck is not None:
-            with ck:
-                self.check_values(ck)
-
-    def scan_onnx(self) -> None:
-        self.report.format = "onnx"
-        for kind, message, where in onnx_format.findings(self.mm, self.size, self.path):
-            self.find(kind, message, where)
-        ck = self.open_reader()
-        if ck is not None:
-            with ck:
-                self.check_values(ck)
 
     # -- the reader, values, hashes ---------------------------------------------------------------
     def open_reader(self) -> Checkpoint | None:
@@ -511,9 +391,6 @@ class _Scanner:
                 nan, inf, neg, n = tensor_stats(ck, t)
             except CkptError as e:
                 self.find("corrupt", f"tensor {t.name!r}: cannot read its values: {e.message}", t.name)
-                continue
-            except torch_zip.ZIP_ERRORS as e:  # compressed records: zipfile inflates them (and checks the CRC)
-                self.find("corrupt", f"tensor {t.name!r}: cannot read its values ({type(e).__name__}: {e})", t.name)
                 continue
             if n is None:
                 continue

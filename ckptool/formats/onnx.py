@@ -10,12 +10,15 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
 from ..checkpoint import ByteSource, Checkpoint, StorageInfo, TensorInfo
 from ..errors import CorruptFileError, UnsafeFileError
 from ..sources import Source
+
+if TYPE_CHECKING:
+    from .scanning import ScanContext
 
 NAME = "onnx"
 
@@ -577,3 +580,11 @@ def decode_typed_field(raw: bytes, encoding: str, dtype: str, path: str) -> byte
         return struct.pack(f"<{len(vals)}{fmt}", *vals)
     except struct.error:
         raise CorruptFileError(f"an int64/uint64 value does not fit {dtype}", path=path) from None
+
+
+def scan(ctx: ScanContext) -> None:
+    """The protobuf's rules (external data locations, ...) as findings, then the values."""
+    ctx.set_format(NAME)
+    for kind, message, where in findings(ctx.mm, ctx.size, ctx.path):
+        ctx.find(kind, message, where)
+    ctx.values_pass()

@@ -12,12 +12,15 @@ import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
 from ..checkpoint import ByteSource, Checkpoint, StorageInfo, TensorInfo
 from ..errors import CorruptFileError
 from ..sources import Source
+
+if TYPE_CHECKING:
+    from .scanning import ScanContext
 
 NAME = "safetensors"
 MAX_HEADER = 100_000_000
@@ -169,3 +172,12 @@ def read(src: Source, *, key: str | None = None) -> Checkpoint:
         st = StorageInfo(name, dt.name, numel, "cpu", ByteSource(path, parsed.data_start + begin, end - begin))
         tensors.append(TensorInfo(name=name, dtype=dt.name, shape=tuple(shape), storage=st))
     return Checkpoint(path=path, format=NAME, tensors=tensors, metadata={"__metadata__": parsed.metadata})
+
+
+def scan(ctx: ScanContext) -> None:
+    """Every header rule as a finding; the values only when the header is sound."""
+    ctx.set_format(NAME)
+    for kind, message, where in findings(ctx.mm):
+        ctx.find(kind, message, where)
+    if not ctx.count(KIND):
+        ctx.values_pass()

@@ -8,7 +8,7 @@ followed by the raw bytes. Storage offsets are computed by walking the counts, n
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
 from ..checkpoint import ByteSource, Checkpoint, StorageInfo
@@ -16,6 +16,9 @@ from ..errors import CorruptFileError, UnsupportedFormatError
 from ..sources import Source
 from . import unpickler
 from ._torch_tree import build_checkpoint, inert_notes, storage_ref
+
+if TYPE_CHECKING:
+    from .scanning import ScanContext
 
 NAME = "torch-legacy"
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -107,3 +110,44 @@ def read(src: Source, *, key: str | None = None) -> Checkpoint:
     if locs:
         ck.metadata["storage_locations"] = locs
     return ck
+
+
+# --------------------------------------------------------------------------------------------
+# scan: the five stacked pickles, any pickle where the storage data should start or after the last storage
+# --------------------------------------------------------------------------------------------
+PICKLE_NAMES = ("magic number", "protocol version", "sys_info", "object", "storage keys")
+
+
+def scan(ctx: ScanContext) -> None:
+    ctx.set_format(NAME)
+    mm, size, pos = ctx.mm, ctx.size, 0
+    for i, label in enumerate(PICKLE_NAMES):
+        where = f"pickle {i + 1} ({label})"
+        w = unpickler.collect_globals(mm, pos, size)
+        ctx.record_walk(w, where, 0, pos)
+        if not w.complete:
+            ctx.find("invalid-pickle", f"not a valid pickle at byte {w.end}: {w.error}", where)
+            return
+        pos = w.end
+    k = len(PICKLE_NAMES)
+    while pos < size and bytes(mm[pos : pos + 2]) in unpickler.PICKLE_MAGIC:
+        w = unpickler.collect_globals(mm, pos, size)
+        if not w.complete:
+            break
+        k += 1
+        where = f"pickle {k} (after the storage keys)"
+        ctx.record_walk(w, where, 0, pos)
+        ctx.find("hidden-pickle", "an extra pickle sits where the storage data should start", where)
+        pos = w.end
+    ck = ctx.open_reader()
+    if ck is None:
+        return
+    with ck:
+        # every storage of the file (an optimizer's too), not only the located state_dict's
+        ends = [st.source.offset + st.source.nbytes for st in ck.storages.values() if st.source is not None]
+        last = max(ends, default=pos)
+        if last < size:
+            ctx.walk_stream(mm, last, size, f"{size - last} bytes after the last storage", 0, probe=True)
+            if not ctx.walked_at(last):
+                ctx.find("trailing-data", f"{size - last} bytes follow the last storage")
+        ctx.check_values(ck)

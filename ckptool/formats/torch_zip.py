@@ -12,14 +12,17 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .. import dtypes
 from ..checkpoint import ByteSource, Checkpoint, StorageInfo
 from ..errors import CorruptFileError, UnsupportedFormatError
-from ..sources import Source
+from ..sources import CHUNK, Source
 from . import unpickler
 from ._torch_tree import build_checkpoint, inert_notes, storage_ref
+
+if TYPE_CHECKING:
+    from .scanning import ScanContext
 
 NAME = "torch-zip"
 MAX_PICKLE_BYTES = 1 << 30
@@ -320,3 +323,82 @@ def _member(zf: zipfile.ZipFile, mm: Any, info: zipfile.ZipInfo, path: str) -> A
     if len(data) > MAX_COMPRESSED_PICKLE:
         raise CorruptFileError(f"{info.filename} inflates past {MAX_COMPRESSED_PICKLE} bytes", path=path)
     return data
+
+
+# --------------------------------------------------------------------------------------------
+# scan: every member's pickles (by name or by content), the archive's rules, the CRCs, then the values
+# --------------------------------------------------------------------------------------------
+def scan(ctx: ScanContext) -> None:
+    ctx.set_format(NAME)
+    zf = open_zip(ctx.src)
+    with zf:
+        infos = zf.infolist()
+        names = [i.filename for i in infos]
+        ctx.torchscript = any("/code/" in f"/{n}" or n.endswith("constants.pkl") for n in names)
+        if ctx.torchscript:
+            ctx.set_format("torchscript")
+            ctx.note(
+                "TorchScript archive: torch.jit.load compiles and runs its code/ folder (TorchScript, not "
+                "Python); __torch__.* globals name its classes"
+            )
+        for kind, message, where in findings(ctx.mm, zf, infos):
+            ctx.find(kind, message, where)
+        for info in infos:
+            if info.filename.endswith("/"):  # (ZipInfo.is_dir fails on an empty name)
+                continue
+            try:
+                _scan_member(ctx, zf, info)
+            except ZIP_ERRORS as e:
+                ctx.find("zip-corrupt", f"cannot read member ({type(e).__name__}: {e})", info.filename)
+            except CorruptFileError as e:
+                ctx.find("zip-corrupt", e.message, info.filename)
+    ctx.values_pass()
+
+
+def _scan_member(ctx: ScanContext, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """Walk a member that is a pickle by name or by its first bytes, whatever it is called; check its CRC
+    (storage records only when values are read)."""
+    stored = info.compress_type == zipfile.ZIP_STORED
+    name = info.filename
+    is_storage = "/data/" in f"/{name}" and not name.endswith(".pkl")
+    pkl = name.endswith(".pkl")
+    magic = unpickler.PICKLE_MAGIC
+    if stored:
+        off = check_member(ctx.mm, info, ctx.path)
+        end = off + info.compress_size
+        if pkl or bytes(ctx.mm[off : off + 2]) in magic:
+            ctx.walk_stream(ctx.mm, off, end, name, 0, probe=not pkl)
+        if ctx.values or not is_storage:
+            _check_crc(ctx, info, off, end)
+        return
+    check_member(ctx.mm, info, ctx.path)
+    with zf.open(info) as fh:
+        head = fh.read(2)
+    if pkl or head in magic:
+        data = _member(zf, ctx.mm, info, ctx.path)  # bounded; zipfile checks the CRC
+        ctx.walk_stream(data, 0, len(data), name, None, probe=not pkl)
+        return
+    if ctx.values or not is_storage:
+        try:
+            with zf.open(info) as fh:
+                while fh.read(CHUNK):
+                    pass
+        except zipfile.BadZipFile as e:
+            ctx.find("zip-crc", str(e), name)
+
+
+def _check_crc(ctx: ScanContext, info: zipfile.ZipInfo, off: int, end: int) -> None:
+    crc = 0
+    mv = memoryview(bytearray(CHUNK))
+    pos, stop = off, min(end, ctx.size)
+    while pos < stop:
+        k = min(CHUNK, stop - pos)
+        ctx.src.read_into(pos, mv[:k])
+        crc = zlib.crc32(mv[:k], crc)
+        pos += k
+    if crc != info.CRC:
+        ctx.find(
+            "zip-crc",
+            f"CRC-32 is {crc:08x} but the directory says {info.CRC:08x}: the record was modified or damaged",
+            info.filename,
+        )
