@@ -193,3 +193,18 @@ def _save(obj: object, path: Path, fmt: str = "zip") -> Path:
 def save_ckpt() -> Callable[..., Path]:
     """``save_ckpt(obj, path, "zip" | "legacy")``: torch.save in either on-disk format."""
     return _save
+
+
+@pytest.fixture(scope="session")
+def dcp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A torch.distributed.checkpoint folder written by a real 2-rank gloo run (``tests/dcp_factory.py``, in a
+    subprocess, once per session): ``dcp/`` (``.metadata``, ``__0_0.distcp``, ``__1_0.distcp``), plus the
+    consolidated state: ``consolidated.safetensors`` (the model's tensors whole), ``consolidated.pt``
+    (the whole state, as ``dcp_to_torch_save`` writes it) and ``extras.json`` (the non-tensor entries)."""
+    out = tmp_path_factory.mktemp("dcp_run")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "dcp_factory.py"), str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
