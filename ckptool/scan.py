@@ -38,6 +38,7 @@ from .checkpoint import Checkpoint, TensorInfo
 from .errors import CkptError, CorruptFileError, UnsafeFileError, UnsupportedFormatError
 from .formats import open_checkpoint
 from .formats.sniff import FORMATS, detect
+from .formats.denylist import danger
 from .formats.unpickler import (
     DANGEROUS_MODULES,
     DANGEROUS_NAMES,
@@ -231,8 +232,8 @@ class _Scanner:
             if verdict == DANGEROUS:
                 self.find(
                     "dangerous-global",
-                    f"references {qual}{also}: pickle.load or torch.load(weights_only=False) would import and can "
-                    "call it",
+                    f"references {qual}{also}, which {danger(qual)}: pickle.load or torch.load(weights_only=False) "
+                    "would import and can call it",
                     where,
                 )
             else:

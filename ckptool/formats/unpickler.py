@@ -280,49 +280,10 @@ def resolve_name(module: str, name: str) -> tuple[str, str]:
     return module, name
 
 
-# Modules whose every attribute can run code or touch the system (files, processes, network, the
-# interpreter). Matched on the module that Python would really import, and on its submodules.
-DANGEROUS_MODULES = frozenset(
-    {
-        "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "_posixsubprocess", "sys", "shutil", "socket",
-        "runpy", "importlib", "imp", "ctypes", "_ctypes", "pty", "multiprocessing", "code", "codeop", "pdb",
-        "bdb", "webbrowser", "marshal", "pickle", "_pickle", "pickletools", "dill", "cloudpickle", "joblib",
-        "shelve", "types", "asyncio", "signal", "threading", "_thread", "urllib", "http", "ftplib", "smtplib",
-        "telnetlib", "requests", "tempfile", "glob", "io", "_io", "zipimport", "pkgutil", "site", "sysconfig",
-        "gc", "inspect", "linecache", "timeit", "trace", "cProfile", "profile", "platform",
-        "torch.serialization", "torch.hub", "torch.jit", "torch.package", "torch._inductor", "torch._dynamo",
-        "torch.utils.cpp_extension", "torch.distributed", "torch._C", "torch.ops", "torch.library",
-        "numpy.testing", "numpy.f2py", "numpy.distutils", "numpy.ctypeslib",
-    }
-)  # fmt: skip
-# Single names in otherwise harmless modules.
-DANGEROUS_NAMES = frozenset(
-    {
-        "builtins.eval", "builtins.exec", "builtins.compile", "builtins.getattr", "builtins.setattr",
-        "builtins.delattr", "builtins.__import__", "builtins.open", "builtins.input", "builtins.breakpoint",
-        "builtins.globals", "builtins.locals", "builtins.vars", "builtins.help", "builtins.exit", "builtins.quit",
-        "builtins.memoryview", "builtins.type", "builtins.object", "builtins.super", "builtins.classmethod",
-        "builtins.staticmethod", "builtins.property", "builtins.__build_class__", "builtins.execfile",
-        "builtins.file", "builtins.reload", "builtins.apply",
-        "functools.partial", "functools.partialmethod", "functools.reduce", "functools.singledispatch",
-        "operator.attrgetter", "operator.itemgetter", "operator.methodcaller", "operator.getitem",
-        "operator.setitem", "operator.delitem", "operator.call",
-        "torch.load", "torch.save", "torch.storage._load_from_bytes", "torch._utils._rebuild_device_tensor_from_numpy",
-        "torch.from_file", "torch._load_global_deps", "torch.compile",
-        "numpy.load", "numpy.save", "numpy.fromfile", "numpy.loadtxt", "numpy.genfromtxt", "numpy.memmap",
-        "numpy.lib.npyio.load", "numpy.lib._npyio_impl.load",
-        "codecs.open", "_codecs.open", "copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__",
-        "collections.namedtuple", "functools.cached_property",
-    }
-)  # fmt: skip
-
-
-def is_dangerous(qualname: str) -> bool:
-    """On the denylist: code execution, file / process / network access, nested loaders (never allowed)."""
-    if qualname in DANGEROUS_NAMES:
-        return True
-    parts = qualname.rpartition(".")[0].split(".")
-    return any(".".join(parts[:i]) in DANGEROUS_MODULES for i in range(1, len(parts) + 1))
+# The denylist (code, resolvers, processes, files, network, nested loaders): ckptool.formats.denylist.
+from .denylist import DANGEROUS_MODULES as DANGEROUS_MODULES  # noqa: E402
+from .denylist import DANGEROUS_NAMES as DANGEROUS_NAMES  # noqa: E402
+from .denylist import is_dangerous  # noqa: E402
 
 
 # -- inert data: classes common in training checkpoints that carry no code ----------------------------------
