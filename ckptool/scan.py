@@ -37,8 +37,8 @@ from . import dtypes
 from .checkpoint import Checkpoint, TensorInfo
 from .errors import CkptError, CorruptFileError, UnsafeFileError, UnsupportedFormatError
 from .formats import open_checkpoint
-from .formats.sniff import FORMATS, detect
 from .formats.denylist import danger
+from .formats.sniff import FORMATS, detect
 from .formats.unpickler import (
     DANGEROUS_MODULES,
     DANGEROUS_NAMES,

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from ckptool.errors import UsageError
 from ckptool.formats.denylist import REEXPORTED, danger
 from ckptool.formats.unpickler import ALLOWED, check_allowable
-from ckptool.errors import UsageError
-from ckptool.scan import DANGEROUS, UNKNOWN, classify, scan
+from ckptool.scan import DANGEROUS, UNKNOWN, classify
 
 # (module, dotted name inside it): each one calls, resolves, spawns, reads/writes or connects when REDUCEd
 GADGETS = [
