@@ -33,6 +33,10 @@ MAX_OPS = 10_000_000
 MAX_MEMO = 1_000_000
 MAX_STACK = 1_000_000
 MAX_MARK_DEPTH = 10_000
+# torch's (C) unpickler keeps the memo in an array of 2 x the largest PUT index: an index of 2**31 needs
+# 32 GiB and fails with MemoryError. Pickles number memo entries from 0, so no real file comes close.
+MAX_MEMO_INDEX = 1 << 31
+HIGHEST_PROTOCOL = 5  # what Python 3.11-3.13 (and so torch.load) reads; PROTO 6 is refused
 # Containers may nest at most this deep. Hashing a deeply nested tuple (a dict key, a set item) recurses
 # in C without a guard and crashes CPython 3.11 (SIGSEGV at ~100k levels); recursive code downstream
 # (repr, json) would raise RecursionError. Real checkpoints nest < 20 levels.
@@ -504,6 +508,111 @@ class _Source:
         return mm.read((stop if idx < 0 else idx + 1) - pos)
 
 
+# --------------------------------------------------------------------------------------------
+# The opcode stream: pickletools' genops, with the text integers read the way torch's (C) unpickler does
+# --------------------------------------------------------------------------------------------
+_C_SPACE = b" \t\n\v\f\r"  # C isspace() in the "C" locale
+_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _strtol(s: bytes) -> tuple[int, int, bool]:
+    """C ``strtol(s, &end, 0)``: (value, index of end, overflowed). Base 0: ``0x`` is hex, a leading 0 octal."""
+    i, n = 0, len(s)
+    while i < n and s[i] in _C_SPACE:
+        i += 1
+    neg = False
+    if i < n and s[i] in b"+-":
+        neg = s[i] == 0x2D
+        i += 1
+    base = 10
+    if s[i : i + 1] == b"0":
+        if s[i + 1 : i + 2] in (b"x", b"X") and s[i + 2 : i + 3] and s[i + 2 : i + 3] in b"0123456789abcdefABCDEF":
+            base, i = 16, i + 2
+        else:
+            base = 8
+    digits = "0123456789abcdef"[:base]
+    j = i
+    while j < n and chr(s[j]).lower() in digits:
+        j += 1
+    if j == i:  # no conversion: end is the start of the string
+        return 0, 0, False
+    value = int(s[i:j], base) * (-1 if neg else 1)
+    return value, j, not _LONG_MIN <= value <= _LONG_MAX
+
+
+def _pylong_from_string(s: bytes) -> int:
+    """CPython's ``PyLong_FromString(s, NULL, 0)`` on a NUL-terminated C string (``int(text, 0)`` on ASCII)."""
+    text = s.split(b"\0", 1)[0]
+    core = text.strip(_C_SPACE)
+    if not core.isascii() or any(c < 0x21 or c == 0x7F for c in core):
+        raise ValueError("could not convert string to int")
+    return int(core.decode("ascii"), 0)
+
+
+def c_int(line: bytes) -> int | bool:
+    """The value of an INT opcode's line (without its newline) as ``_pickle.c``'s ``load_int`` reads it:
+    ``strtol`` with base 0 (``I0755`` is 493, not 755), ``00``/``01``-like 2-character lines are bools, and
+    anything strtol cannot take whole goes to ``PyLong_FromString`` base 0. (pickletools and pickle.py
+    disagree with it on octal and hex; torch.load uses the C unpickler.)"""
+    if not line:
+        raise ValueError("pickle data was truncated (an empty INT line)")
+    s = line + b"\n"
+    value, end, overflow = _strtol(s)
+    if overflow or s[end : end + 1] not in (b"\n", b"\0"):
+        try:
+            return _pylong_from_string(s)
+        except ValueError:
+            raise ValueError(f"could not convert string to int: {line[:40]!r}") from None
+    if len(s) == 3 and value in (0, 1):
+        return bool(value)
+    return value
+
+
+def c_long(line: bytes) -> int:
+    """A LONG opcode's line as ``load_long`` reads it: a trailing ``L`` dropped, then ``PyLong_FromString``
+    base 0."""
+    if line.endswith(b"L"):
+        line = line[:-1]
+    try:
+        return _pylong_from_string(line)
+    except ValueError:
+        raise ValueError(f"could not convert string to int: {line[:40]!r}") from None
+
+
+def _read_line(f: Any) -> bytes:
+    data = f.readline()
+    if not data.endswith(b"\n"):
+        raise ValueError("no newline found when trying to read an integer line")
+    return bytes(data[:-1])
+
+
+_ARG_READERS: dict[str, Callable[[Any], Any]] = {
+    "INT": lambda f: c_int(_read_line(f)),
+    "LONG": lambda f: c_long(_read_line(f)),
+}
+_CODE2OP = {
+    code: (op, _ARG_READERS.get(op.name) or (op.arg.reader if op.arg is not None else None))
+    for code, op in pickletools.code2op.items()  # type: ignore[attr-defined]
+}
+
+
+def genops(data: Any) -> Iterator[tuple[pickletools.OpcodeInfo, Any, int]]:
+    """:func:`pickletools.genops` over a file-like reader, with INT and LONG read as torch reads them."""
+    getpos, read, table = data.tell, data.read, _CODE2OP
+    while True:
+        pos = getpos()
+        code = read(1)
+        entry = table.get(code.decode("latin-1"))
+        if entry is None:
+            if code == b"":
+                raise ValueError("pickle exhausted before seeing STOP")
+            raise ValueError(f"at position {pos}, opcode {code!r} unknown")
+        op, reader = entry
+        yield op, (reader(data) if reader is not None else None), pos
+        if code == b".":
+            break
+
+
 class Memo:
     """The pickle memo. Pickles number their memo entries 0, 1, 2, ... so a list holds them (8 bytes per
     entry instead of a dict's ~100); out-of-order indexes fall back to a dict. Shared with :mod:`ckptool.scan`."""
@@ -561,7 +670,7 @@ class Interpreter:
 
     # opcode name -> handler method name (opcodes that push their argument as it is are in _PUSH_ARG)
     DISPATCH: ClassVar[dict[str, str]] = {
-        "PROTO": "op_noop", "FRAME": "op_noop", "MARK": "op_mark", "BYTEARRAY8": "op_bytearray",
+        "PROTO": "op_proto", "FRAME": "op_frame", "MARK": "op_mark", "BYTEARRAY8": "op_bytearray",
         "NONE": "op_none", "NEWTRUE": "op_true", "NEWFALSE": "op_false", "EMPTY_DICT": "op_empty_dict",
         "EMPTY_LIST": "op_empty_list", "EMPTY_TUPLE": "op_empty_tuple", "EMPTY_SET": "op_empty_set",
         "DICT": "op_dict", "LIST": "op_list", "TUPLE": "op_tuple", "TUPLE1": "op_tuple1", "TUPLE2": "op_tuple2",
@@ -625,6 +734,21 @@ class Interpreter:
     def op_noop(self, arg: Any) -> None:
         pass
 
+    def op_proto(self, arg: Any) -> None:
+        if int(arg or 0) > HIGHEST_PROTOCOL:
+            raise CorruptFileError(
+                f"{self.where}: unsupported pickle protocol {arg} (torch's unpickler reads protocols 0 to "
+                f"{HIGHEST_PROTOCOL} and refuses it)"
+            )
+
+    def op_frame(self, arg: Any) -> None:
+        left = self.limit - self.reader.tell()
+        if int(arg or 0) > left:
+            raise CorruptFileError(
+                f"{self.where}: a FRAME claims {arg} bytes but only {max(left, 0)} follow (torch's unpickler "
+                "refuses it: pickle data was truncated)"
+            )
+
     def op_mark(self, arg: Any) -> None:
         if len(self.marks) >= MAX_MARK_DEPTH:
             raise CorruptFileError(f"{self.where}: nests deeper than {MAX_MARK_DEPTH}")
@@ -656,8 +780,10 @@ class Interpreter:
 
     def op_dict(self, arg: Any) -> None:
         items = self.pop_mark()
+        if len(items) % 2:
+            raise CorruptFileError(f"{self.where}: DICT with an odd number of items")
         d = PickledDict()
-        for i in range(0, len(items) - 1, 2):
+        for i in range(0, len(items), 2):
             d[_hashable(items[i], self.tdepth)] = items[i + 1]
         self.push(d)
 
@@ -741,6 +867,11 @@ class Interpreter:
         if n + len(sparse) >= MAX_MEMO:
             raise CorruptFileError(f"{self.where}: memo exceeds {MAX_MEMO} entries")
         i = int(arg or 0)
+        if i >= MAX_MEMO_INDEX:
+            raise CorruptFileError(
+                f"{self.where}: memo index {i} (torch's unpickler allocates memo slots up to twice the largest "
+                f"index and fails; ckptool refuses indexes from {MAX_MEMO_INDEX})"
+            )
         if i == n and not sparse:
             dense.append(stack[-1])
         else:
@@ -860,7 +991,7 @@ class Interpreter:
         get_handler = self.handlers().get
         ops = 0
         try:
-            for op, arg, at in pickletools.genops(self.reader):  # type: ignore[arg-type]
+            for op, arg, at in genops(self.reader):  # type: ignore[arg-type]
                 ops += 1
                 self.at = at
                 if not ops & _CHECK_EVERY:
