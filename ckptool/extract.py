@@ -27,7 +27,7 @@ class ExtractResult:
 
     source: str
     output: str
-    format: str  # "safetensors" | "pth"
+    format: str  # the writer's one name: "safetensors" | "torch-zip"
     prefix: str  # as matched, without the trailing dot
     keep_prefix: bool
     wrapper_prefix: str | None  # "module." etc., removed before matching
@@ -61,11 +61,11 @@ class ExtractResult:
 
 
 def output_format(out: str | os.PathLike[str]) -> str:
-    """ "safetensors" or "pth", from the output's extension (the writer registry decides)."""
+    """The writer's one name ("safetensors" or "torch-zip"), from the output's extension (the writer registry
+    decides)."""
     from .convert import format_for_output
 
-    fmt = format_for_output(out)
-    return "pth" if fmt == "torch-zip" else fmt
+    return format_for_output(out)
 
 
 def _wrapper_prefix(names: list[str]) -> str | None:
@@ -131,10 +131,10 @@ def extract(
     try:
         mapping, pre, wrapper = plan(ck, prefix, keep_prefix=keep_prefix)
         meta = {"ckptool.extract.prefix": pre, "ckptool.extract.keep_prefix": str(keep_prefix).lower()}
-        from .convert import format_for_output, writer
+        from .convert import writer
         from .convert.driver import export
 
-        w = writer(format_for_output(dst))
+        w = writer(fmt)
         res = export(w, ck, dst, names=mapping, force=force, metadata=meta if w.format == "safetensors" else None)
         notes = list(res.notes)
         if wrapper:

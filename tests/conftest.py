@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from proc import run_script
 from typer.testing import CliRunner
 
 from ckptool.cli.app import app
@@ -64,16 +64,6 @@ class Cli:
 @pytest.fixture
 def cli() -> Cli:
     return Cli()
-
-
-def run_script(
-    *args: str | os.PathLike[str], env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """The installed console script, as a user runs it."""
-    exe = Path(sys.executable).with_name("ckptool")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ckptool"]
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=full_env, timeout=timeout)
 
 
 @pytest.fixture

@@ -1,14 +1,21 @@
-"""Real checkpoints built by the tests (never downloaded): full-size VGG state_dicts in every on-disk form."""
+"""Builders the tests share (never downloaded, never a test module): full-size VGG state_dicts in every on-disk
+form, tricky tensor layouts, minimal ONNX models, big-endian and deflated files."""
 
 from __future__ import annotations
 
+import json
 import os
+import struct
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from ckptool.arch.vgg import vgg_spec
+from ckptool.checkpoint import ByteSource, Checkpoint, StorageInfo, TensorInfo
 from ckptool.runtime import build_module
 
 
@@ -42,3 +49,125 @@ def save(obj: object, path: str | os.PathLike[str], fmt: str = "zip") -> Path:
     """torch.save in the zip (default) or legacy (pre-1.6) format."""
     torch.save(obj, path, _use_new_zipfile_serialization=(fmt == "zip"))
     return Path(path)
+
+
+# -- writer/reader builders: tricky layouts, ONNX models, big-endian and deflated files ---------------------
+
+
+def tricky_state_dict(*, legacy: bool = False, seed: int = 0) -> OrderedDict[str, torch.Tensor]:
+    """Every layout a writer can get wrong: views with storage offsets, strides, transposes, stride-0
+    expansion, several names on one storage, scalars, empty tensors, and many dtypes."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(100, generator=g)
+    mat = torch.randn(6, 5, generator=g)
+    sd: OrderedDict[str, torch.Tensor] = OrderedDict()
+    sd["base"] = base
+    sd["view.offset"] = base[10:30]
+    sd["view.strided"] = base[1::3]
+    sd["view.2d"] = base[40:64].view(4, 6)
+    sd["mat.t"] = mat.t()
+    sd["mat.cols"] = mat[:, 1:4]
+    sd["tied.a"] = mat
+    sd["tied.b"] = mat
+    sd["expanded"] = torch.randn(3, 1, generator=g).expand(3, 4)
+    sd["scalar"] = torch.tensor(3.5)
+    sd["empty"] = torch.zeros(0, 3)
+    sd["bf16"] = torch.randn(7, 3, generator=g).to(torch.bfloat16)
+    sd["fp16"] = torch.randn(5, generator=g).half()
+    sd["f64"] = torch.randn(4, dtype=torch.float64, generator=g)
+    sd["i64"] = torch.arange(-5, 6)
+    sd["i32.t"] = torch.arange(12, dtype=torch.int32).reshape(3, 4).t()
+    sd["i8"] = torch.tensor([-128, 0, 127], dtype=torch.int8)
+    sd["u8"] = torch.tensor([0, 255], dtype=torch.uint8)
+    sd["bool"] = torch.tensor([True, False, True])
+    if not legacy:  # torch's legacy writer cannot save these
+        sd["f8"] = torch.randn(4, generator=g).to(torch.float8_e4m3fn)
+        sd["u16"] = torch.tensor([1, 65535], dtype=torch.uint16)
+    return sd
+
+
+def save_sd(sd: Any, path: Path, fmt: str = "zip") -> Path:
+    torch.save(sd, path, _use_new_zipfile_serialization=(fmt == "zip"))
+    return path
+
+
+def assert_same(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
+    assert list(sorted(expected)) == list(sorted(got))
+    for k, v in expected.items():
+        assert got[k].dtype == v.dtype, k
+        assert got[k].shape == v.shape, k
+        if v.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            assert torch.equal(got[k].view(torch.uint8), v.contiguous().view(torch.uint8)), k
+        else:
+            assert torch.equal(got[k], v), k
+
+
+def make_onnx(path: Path, arrays: dict[str, np.ndarray], *, raw: bool = True, external: bool = False) -> Path:
+    """A minimal ONNX model whose initializers are ``arrays`` (raw_data, typed fields, or external data)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = []
+    for name, arr in arrays.items():
+        if raw:
+            inits.append(numpy_helper.from_array(arr, name))
+        else:
+            dt = helper.np_dtype_to_tensor_dtype(arr.dtype)
+            inits.append(helper.make_tensor(name, dt, arr.shape, arr.flatten().tolist(), raw=False))
+    first = next(iter(arrays))
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [first], ["out"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
+    model = helper.make_model(graph)
+    if external:
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+            size_threshold=0,
+        )
+    else:
+        onnx.save(model, str(path))
+    return path
+
+
+def big_endian_checkpoint(path: Path) -> tuple[Checkpoint, dict[str, np.ndarray]]:
+    """A checkpoint whose bytes are big-endian (as legacy files from big-endian machines say in sys_info)."""
+    w = (np.arange(12, dtype=np.float32).reshape(3, 4) * 1.5 - 4).astype(">f4")
+    i = np.array([1, -2, 3], dtype=">i8")
+    path.write_bytes(b"\0" * 16 + w.tobytes() + i.tobytes())
+    s1 = StorageInfo("0", "float32", 12, "cpu", ByteSource(str(path), 16, 48))
+    s2 = StorageInfo("1", "int64", 3, "cpu", ByteSource(str(path), 64, 24))
+    tensors = [
+        TensorInfo("w", "float32", (3, 4), s1),
+        TensorInfo("w.t", "float32", (4, 3), s1, 0, (1, 4)),
+        TensorInfo("w.row", "float32", (4,), s1, 4),
+        TensorInfo("i", "int64", (3,), s2),
+    ]
+    expected = {"w": w.astype("<f4"), "w.t": w.T.astype("<f4"), "w.row": w[1].astype("<f4"), "i": i.astype("<i8")}
+    return Checkpoint(path=str(path), format="torch-legacy", tensors=tensors, byteorder="big"), expected
+
+
+def deflate_copy(src: Path, dst: Path) -> Path:
+    """The same torch zip with its data records deflated (some tools re-zip checkpoints like that)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            method = zipfile.ZIP_DEFLATED if "/data/" in info.filename else zipfile.ZIP_STORED
+            zout.writestr(info.filename, zin.read(info), compress_type=method)
+    return dst
+
+
+def read_header(path: Path) -> tuple[int, dict[str, Any]]:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return n, json.loads(raw[8 : 8 + n])
+
+
+def files_in(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir())

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from factory import make_onnx, save_sd, tricky_state_dict
 from safetensors.torch import save_file
-from test_export_safetensors import make_onnx, save_sd, tricky_state_dict
 
 from ckptool import open_checkpoint
 from ckptool.convert.safetensors_writer import export_safetensors

@@ -147,7 +147,7 @@ def test_every_form_loads_into_features(fixture: str, wrapper: str | None, tmp_p
 def test_pth_output_loads_with_weights_only(suffix: str, tmp_path: Path) -> None:
     out = tmp_path / f"features{suffix}"
     res = extract(FIX / "tiny_train.ckpt", "features", out)
-    assert res.format == "pth" and res.verified
+    assert res.format == "torch-zip" and res.verified
     sd = torch.load(out, weights_only=True)
     feats = tiny_features()
     result = feats.load_state_dict(sd)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from hostile import NAIVE_LOADER, Case, build_corpus
+from proc import run_measured
 
 from ckptool.cli.app import app
 
@@ -215,38 +216,6 @@ def test_payloads_are_live(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # Time and memory, through the installed script
 # --------------------------------------------------------------------------------------------
-def _script() -> list[str]:
-    exe = Path(sys.executable).with_name("ckptool")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "ckptool"]
-
-
-# A small fresh process forks the command and reports its rusage: measuring a child of the pytest process
-# itself would report pytest's own peak RSS (Linux carries the high-water mark across fork and exec).
-MEASURE = """
-import json, os, sys, time
-t0 = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    os.execv(sys.argv[2], sys.argv[2:])
-_pid, status, ru = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as fh:
-    json.dump({"code": os.waitstatus_to_exitcode(status), "cpu": ru.ru_utime + ru.ru_stime,
-               "wall": time.perf_counter() - t0, "rss_mb": ru.ru_maxrss / 1024}, fh)
-"""
-
-
-def run_measured(args: list[str], tmp: Path) -> tuple[int, str, str, float, float, float]:
-    """(exit code, stdout, stderr, CPU seconds, wall seconds, peak RSS MB) of one fresh process."""
-    import json
-
-    res = tmp / "rusage.json"
-    proc = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(res), *_script(), *args], capture_output=True, text=True, timeout=120
-    )
-    m = json.loads(res.read_text())
-    return m["code"], proc.stdout, proc.stderr, m["cpu"], m["wall"], m["rss_mb"]
-
-
 def test_bounds_through_the_script(corpus: Corpus, tmp_path: Path) -> None:
     """Bombs, lying headers and huge claims: one line, exit code, < 2 s CPU and < 200 MB, for inspect and scan."""
     picked = [c for c in corpus.cases if c.bounded] + [corpus.case(n) for n in ("empty.pth", "random_bytes.pth")]

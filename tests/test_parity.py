@@ -266,7 +266,7 @@ def test_load_model_misfit_shows_check_findings(tmp_path: Path, tiny_model: Tiny
 
 
 # ---------------------------------------------------------------------------------------------------
-# ckptool parity (tiny model: fast; the full-size runs are in test_export_onnx.py)
+# ckptool parity (tiny model: fast; the full-size runs are in tests/convert/test_onnx_export.py)
 # ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyVGG) -> tuple[Path, Path]:

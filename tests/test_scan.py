@@ -485,7 +485,7 @@ def test_onnx_external_data_inside_and_outside(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_full_size_vgg16_bn_is_clean_and_streamed(vgg16_bn_files, tmp_path: Path) -> None:
-    from test_hostile import run_measured
+    from proc import run_measured
 
     for fmt, path in vgg16_bn_files.items():
         code, out, err, cpu, _wall, rss = run_measured(["scan", "--json", str(path)], tmp_path)

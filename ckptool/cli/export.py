@@ -144,8 +144,7 @@ def _export_tensors(
     if o.mode == "json":
         o.json(r.to_dict())
         return
-    fmt = "safetensors" if kind == "safetensors" else "torch zip"
-    o.line(f"wrote {r.out} ({fmt}): {r.tensors} tensors, {human_bytes(r.bytes)} of tensor data")
+    o.line(f"wrote {r.out} ({r.format}): {r.tensors} tensors, {human_bytes(r.bytes)} of tensor data")
     pairs = [
         (
             "source",

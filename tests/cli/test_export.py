@@ -1,6 +1,6 @@
 """The `ckptool export` command line for the tensor targets (--safetensors, --pth): option handling,
 rendering, --json, progress, exit codes. The writers themselves are tested with the writer tests; the ONNX
-target in test_export_onnx.py."""
+target in tests/convert/test_onnx_export.py."""
 
 from __future__ import annotations
 

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
-from test_export_safetensors import (
+from factory import (
     assert_same,
     big_endian_checkpoint,
     deflate_copy,
@@ -23,6 +22,7 @@ from test_export_safetensors import (
     save_sd,
     tricky_state_dict,
 )
+from safetensors.torch import save_file
 
 from ckptool import open_checkpoint
 from ckptool.convert import pth_writer

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_script
+from proc import run_script
 
 TORCH_PRINT = (
     "import sys, torch\nsd = torch.load(sys.argv[1], weights_only=True)\nfor k, v in sd.items(): print(k, v.size())"

@@ -26,8 +26,8 @@ from ckptool.errors import CkptError, OutputExistsError
 from ckptool.formats import open_checkpoint
 from ckptool.parity import InputShapeError
 
-HERE = Path(__file__).resolve().parent
-ENV = {"PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+TESTS = Path(__file__).resolve().parent.parent  # the builders (onnx_fixtures) the subprocesses import
+ENV = {"PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -51,7 +51,7 @@ def vgg16_calibrated(big_dir: Path) -> dict[str, object]:
 @pytest.fixture(scope="session")
 def vgg16_onnx(vgg16_calibrated: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """`ckptool export --onnx` through the installed script, as a user runs it."""
-    from conftest import run_script
+    from proc import run_script
 
     d = tmp_path_factory.mktemp("vgg16_onnx")
     out = d / "vgg16_bn.onnx"
