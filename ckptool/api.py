@@ -217,16 +217,19 @@ def diff(
         )
 
 
-def scan(source: Source, *, values: bool = True) -> ScanReport:
+def scan(source: Source, *, values: bool = True, strict: bool = False) -> ScanReport:
     """Is the file safe to load (``ckptool scan``)? Static pickle analysis (nothing is executed), container
     integrity, NaN/Inf in the values, and a file name's hash suffix against its bytes.
 
     Args:
         source: a file path (any format, also a bare pickle) or an open Checkpoint (its file is scanned).
         values: also read every tensor's values for NaN/Inf (False: headers and pickles only).
+        strict: every finding fails, also those reported as warnings by default (a file name's hash-like
+            suffix that does not match: it may be a date or a short git SHA).
 
     Returns:
-        A :class:`~ckptool.scan.ScanReport`: ``safe``, ``findings`` (kind, message, where), ``globals``.
+        A :class:`~ckptool.scan.ScanReport`: ``safe``, ``findings`` (kind, message, where, severity),
+        ``warnings``, ``globals``.
         An unsafe file is a report with findings, not an exception.
 
     Raises:
@@ -235,7 +238,7 @@ def scan(source: Source, *, values: bool = True) -> ScanReport:
     """
     from .scan import scan as run_scan
 
-    return run_scan(source.path if isinstance(source, Checkpoint) else source, values=values)
+    return run_scan(source.path if isinstance(source, Checkpoint) else source, values=values, strict=strict)
 
 
 def export_safetensors(

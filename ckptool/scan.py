@@ -83,14 +83,23 @@ class GlobalRef:
         return d
 
 
+# Finding kinds reported as warnings unless the user asks (--strict, or the policy's warn-on / strict):
+# a hash-like suffix in a file name may be a date or a short git SHA (torch.hub's rule cannot tell).
+DEFAULT_WARN = frozenset({"hash-mismatch"})
+# Kinds that always fail: a policy can never turn them into warnings.
+NEVER_WARN = frozenset({"dangerous-global", "unresolved-global", "unsafe-build", "unknown-opcode"})
+ERROR, WARNING = "error", "warning"
+
+
 @dataclass(frozen=True)
 class Finding:
     kind: str  # dangerous-global, unknown-global, hash-mismatch, nan, ... (see README)
     message: str
     where: str | None = None
+    severity: str = ERROR  # error (fails the run: exit 1) | warning (reported, exit 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "message": self.message, "where": self.where}
+        return {"kind": self.kind, "message": self.message, "where": self.where, "severity": self.severity}
 
 
 @dataclass(frozen=True)
@@ -126,12 +135,18 @@ class ScanReport:
 
     @property
     def safe(self) -> bool:
-        """No finding at all: no dangerous or unknown global and no integrity problem."""
-        return not self.findings
+        """No failing finding: no dangerous or unknown global and no integrity problem (warnings aside)."""
+        return not any(f.severity == ERROR for f in self.findings)
+
+    @property
+    def warnings(self) -> list[Finding]:
+        """The findings reported as warnings (a hash-like suffix that may be a date, ...): they do not fail."""
+        return [f for f in self.findings if f.severity == WARNING]
 
     def __repr__(self) -> str:
-        kinds = sorted({f.kind for f in self.findings})
-        verdict = "ok" if self.safe else f"{len(self.findings)} findings ({', '.join(kinds)})"
+        kinds = sorted({f.kind for f in self.findings if f.severity == ERROR})
+        n = len(self.findings) - len(self.warnings)
+        verdict = "ok" if self.safe else f"{n} findings ({', '.join(kinds)})"
         return f"<ScanReport {os.path.basename(self.path)} ({self.format}): {verdict}>"
 
     def global_summary(self) -> list[dict[str, Any]]:
@@ -191,8 +206,9 @@ def walk_pickle(buf: Any, pos: int = 0, end: int | None = None) -> Walk:
 # The scanner
 # --------------------------------------------------------------------------------------------
 class _Scanner:
-    def __init__(self, src: Source, values: bool) -> None:
+    def __init__(self, src: Source, values: bool, warn: frozenset[str] = DEFAULT_WARN) -> None:
         self.src = src
+        self.warn = warn - NEVER_WARN
         self.path = path = src.name
         self.mm = src.buffer()
         self.size = len(self.mm)
@@ -206,7 +222,7 @@ class _Scanner:
         n = self._counts.get(kind, 0) + 1
         self._counts[kind] = n
         if n <= MAX_FINDINGS_PER_KIND:
-            self.report.findings.append(Finding(kind, message, where))
+            self.report.findings.append(Finding(kind, message, where, WARNING if kind in self.warn else ERROR))
         elif n == MAX_FINDINGS_PER_KIND + 1:
             self.report.notes.append(f"more than {MAX_FINDINGS_PER_KIND} {kind} findings; the rest are not listed")
 
@@ -422,7 +438,9 @@ class _Scanner:
             self.find(
                 "hash-mismatch",
                 f"the name says sha256 starts with {prefix} but it is {digest[: max(len(prefix), 8)]}...: "
-                "torch.hub (check_hash=True) would reject it; the file was modified or corrupted",
+                "torch.hub (check_hash=True) would reject it; the file was modified or corrupted, or the suffix "
+                "is not a hash (a date, a short git SHA)"
+                + ("; a warning unless --strict" if "hash-mismatch" in self.warn else ""),
             )
 
 
@@ -492,19 +510,24 @@ def tensor_stats(ck: Checkpoint, t: TensorInfo) -> tuple[int, int, int, int | No
 # --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
-def scan(path: str | os.PathLike[str], *, values: bool = True) -> ScanReport:
+def scan(
+    path: str | os.PathLike[str], *, values: bool = True, strict: bool = False, warn: frozenset[str] | None = None
+) -> ScanReport:
     """Scan one file statically. Raises a :class:`~ckptool.errors.CkptError` when it cannot be scanned at all
     (missing, unreadable, not a known format, a zip without a readable directory).
 
     ``values=False`` skips everything that reads tensor bytes (NaN/Inf, running_var, CRCs of storage records,
-    the filename hash) for a header-only pass.
+    the filename hash) for a header-only pass. ``warn``: the finding kinds reported as warnings (they do not
+    make the report unsafe; default :data:`DEFAULT_WARN`, the file-name hash suffix); ``strict=True`` makes
+    every finding fail. Dangerous globals always fail.
     """
     path = os.fspath(path)
     from .sources import open_source
 
     src = open_source(path, allow_empty=False)
     try:
-        return _Scanner(src, values).scan()
+        kinds = frozenset() if strict else (DEFAULT_WARN if warn is None else frozenset(warn))
+        return _Scanner(src, values, kinds).scan()
     except RecursionError:
         raise CorruptFileError("structure nests too deeply to scan", path=path) from None
     except MemoryError:
@@ -513,5 +536,5 @@ def scan(path: str | os.PathLike[str], *, values: bool = True) -> ScanReport:
         src.close()
 
 
-__all__ = ["DANGEROUS", "DANGEROUS_MODULES", "DANGEROUS_NAMES", "SAFE", "UNKNOWN", "Finding", "GlobalRef", "PickleInfo", "ScanReport", "classify", "scan",
+__all__ = ["DANGEROUS", "DANGEROUS_MODULES", "DANGEROUS_NAMES", "DEFAULT_WARN", "NEVER_WARN", "SAFE", "UNKNOWN", "Finding", "GlobalRef", "PickleInfo", "ScanReport", "classify", "scan",
            "walk_pickle"]  # fmt: skip

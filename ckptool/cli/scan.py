@@ -32,10 +32,24 @@ NoValuesOpt = Annotated[
 ]
 
 
-def _render(o: Output, r: ScanReport) -> None:
-    from ..scan import DANGEROUS, SAFE
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Every finding fails the run, also those reported as warnings by default (a file name's hash-like "
+        "suffix that does not match its sha256: it may be a date or a short git SHA).",
+    ),
+]
 
-    status = "ok" if r.safe else f"FINDINGS ({len(r.findings)})"
+
+def _render(o: Output, r: ScanReport) -> None:
+    from ..scan import DANGEROUS, SAFE, WARNING
+
+    warns = len(r.warnings)
+    errors = len(r.findings) - warns
+    status = "ok" if r.safe else f"FINDINGS ({errors})"
+    if warns:
+        status += f" ({plural(warns, 'warning')})"
     globs = r.global_summary()
     parts = [r.format, plural(len(r.pickles), "pickle")] if r.pickles else [r.format]
     if globs:
@@ -53,17 +67,22 @@ def _render(o: Output, r: ScanReport) -> None:
     for f in r.findings:
         where = f"{f.where}: " if f.where else ""
         tag: Part = (f"[{f.kind}]", "bold red" if f.kind == "dangerous-global" else "yellow")
-        o.line("  ", tag, f" {where}{f.message}")
+        o.line("  ", tag, " warning: " if f.severity == WARNING else " ", f"{where}{f.message}")
     for n in r.notes:
         o.line(f"  note: {n}")
 
 
 def scan(
-    paths: PathsArg, no_values: NoValuesOpt = False, json_: JsonOpt = False, allow_global: AllowGlobalOpt = None
+    paths: PathsArg,
+    no_values: NoValuesOpt = False,
+    strict: StrictOpt = False,
+    json_: JsonOpt = False,
+    allow_global: AllowGlobalOpt = None,
 ) -> None:
     """Static safety and integrity scan for CI: every pickle and every global it references (safe / dangerous /
     unknown), hidden pickles, NaN/Inf and negative running_var, zip and safetensors structure, ONNX external data,
-    and the file-name hash. Never unpickles. Exit 0 clean, 1 findings, 2 could not scan."""
+    and the file-name hash (a warning unless --strict). Never unpickles. Exit 0 clean (warnings aside), 1 findings,
+    2 could not scan."""
     from ..scan import scan as scan_file
 
     o = start(json_)
@@ -72,7 +91,7 @@ def scan(
     clean = dirty = failed = 0
     for p in paths:
         try:
-            report = scan_file(p, values=not no_values)
+            report = scan_file(p, values=not no_values, strict=strict)
         except CkptError as e:
             failed += 1
             o.error(e.render())
