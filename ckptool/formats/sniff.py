@@ -9,15 +9,17 @@ from types import ModuleType
 from ..checkpoint import Checkpoint
 from ..errors import CkptError, CorruptFileError, UnsupportedFormatError
 from ..sources import Source, open_source
-from . import onnx, safetensors, torch_legacy, torch_zip, unpickler
+from . import dcp, onnx, safetensors, torch_legacy, torch_zip, unpickler
 
 # The registry: format name -> its module (``NAME``, ``detect(head, size)``, ``read(source, key=)``,
-# optionally ``findings``). Detection runs in this order. Adding a format is one module plus one line here.
+# optionally ``findings``; a format that is a folder adds ``detect_folder(path)`` and ``read_location(path, key=)``).
+# Detection runs in this order. Adding a format is one module plus one line here.
 FORMATS: dict[str, ModuleType] = {
     torch_zip.NAME: torch_zip,
     torch_legacy.NAME: torch_legacy,
     safetensors.NAME: safetensors,
     onnx.NAME: onnx,
+    dcp.NAME: dcp,
 }
 READERS = {name: module.read for name, module in FORMATS.items()}
 
@@ -88,6 +90,11 @@ def open_checkpoint(
 
 
 def _open(path: str, key: str | None) -> Checkpoint:
+    if os.path.isdir(path):
+        for module in FORMATS.values():
+            hook = getattr(module, "detect_folder", None)
+            if hook is not None and hook(path):
+                return module.read_location(path, key=key)  # type: ignore[no-any-return]
     with open_source(path, allow_empty=False) as src:
         fmt = sniff(src)
         try:

@@ -20,10 +20,11 @@ import io
 import mmap
 import pickletools
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from .. import dtypes
@@ -372,9 +373,30 @@ def allow_globals(*names: str) -> Iterator[None]:
         _USER_ALLOWED.reset(token)
 
 
+# -- what a format allows in one read of its own metadata pickle: scoped, never the global table -----------
+_NO_TABLE: Mapping[str, Callable[..., Any] | None] = MappingProxyType({})
+_LOCAL_ALLOWED: ContextVar[Mapping[str, Callable[..., Any] | None]] = ContextVar(
+    "ckptool_local_allowlist", default=_NO_TABLE
+)
+
+
+@contextmanager
+def extend_allowlist(table: Mapping[str, Callable[..., Any] | None]) -> Iterator[None]:
+    """Allow ``table``'s globals (qualified name -> ckptool's recorder for a call of it; None: a value, not
+    callable) while the block runs, for a format whose own metadata pickle names its library's data classes
+    (torch.distributed.checkpoint's ``.metadata``). The recorders are the format's inert stubs; nothing is
+    imported or called, and outside the block the same names are judged as before (scan: dangerous)."""
+    token = _LOCAL_ALLOWED.set(MappingProxyType({**_LOCAL_ALLOWED.get(), **table}))
+    try:
+        yield
+    finally:
+        _LOCAL_ALLOWED.reset(token)
+
+
 def is_allowed(qualname: str) -> bool:
-    """On the tensor allowlist, or allowed by the caller: what scan calls safe."""
-    return qualname in ALLOWED or qualname in _USER_ALLOWED.get()
+    """On the tensor allowlist, allowed by the caller, or by the format reading its own metadata: what scan
+    calls safe."""
+    return qualname in ALLOWED or qualname in _USER_ALLOWED.get() or qualname in _LOCAL_ALLOWED.get()
 
 
 def is_torchscript_name(qualname: str) -> bool:
@@ -390,7 +412,7 @@ def make_global(module: str, name: str, *, torchscript: bool = False, inert: set
     qual = f"{module}.{name}"
     if torchscript and is_torchscript_name(qual):
         return Global(module, name)
-    if qual not in ALLOWED:
+    if qual not in ALLOWED and qual not in _LOCAL_ALLOWED.get():
         if is_inert(qual) or qual in _USER_ALLOWED.get():
             if inert is not None:
                 inert.add(qual)
@@ -423,8 +445,11 @@ def call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None)
     if func.module.startswith("__torch__") or func.qualname.startswith("torch.jit._pickle."):
         return _torchscript_call(func, args)
     qual = func.qualname
+    local = _LOCAL_ALLOWED.get()
     if qual in ALLOWED:
         handler = ALLOWED[qual]
+    elif qual in local:  # a format's own metadata class: its recorder, never the class
+        handler = local[qual]
     elif is_inert(qual) or qual in _USER_ALLOWED.get():  # recorded, never constructed
         handler = INERT.get(qual) or _opaque(qual)
         kwargs = None
