@@ -218,8 +218,10 @@ def test_the_same_classes_elsewhere_are_still_dangerous(dcp_run: Path, tmp_path:
     meta = pickle.loads((dcp_run / "dcp" / ".metadata").read_bytes())
     torch.save({"meta": meta}, tmp_path / "smuggled.pt")
     report = scan(tmp_path / "smuggled.pt")
-    bad = {f.message.split()[1].rstrip(":") for f in report.findings if f.kind == "dangerous-global"}
-    assert "torch.distributed.checkpoint.metadata.Metadata" in bad
+    verdicts = {g.name: g.verdict for g in report.globals}
+    assert verdicts["torch.distributed.checkpoint.metadata.Metadata"] == "dangerous"
+    assert verdicts["torch.serialization._get_layout"] == "dangerous"
+    assert "dangerous-global" in {f.kind for f in report.findings}
     from ckptool.errors import UnsafePickleError
 
     with pytest.raises(UnsafePickleError, match=r"torch\.distributed\.checkpoint\.metadata"):
