@@ -10,9 +10,10 @@ through :mod:`ckptool.sources`. This module imports no format.
 from __future__ import annotations
 
 import math
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from . import dtypes
@@ -41,6 +42,7 @@ class ByteSource:
     compressed: bool = False  # a zip member that is not ZIP_STORED: bytes must be inflated
     encoding: str = "raw"  # "raw" little-endian bytes, or an ONNX typed-field encoding
     decoder: Decoder | None = None  # None: the bytes are the values (raw); else how to decode them
+    crc32: int | None = None  # the record's CRC-32 (zip): checked whenever the whole record streams by
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     byteorder: str = "little"
+    verify_crc: bool = True  # check each record's CRC-32 as its bytes stream (scan turns it off: it checks itself)
     root: Any = None  # the recorded object tree (torch formats): for --key and other lookups
     storages: dict[str, StorageInfo] = field(default_factory=dict)  # every storage in the file
     opener: Callable[[str], Source] = field(default=open_source)  # how a path in a ByteSource is opened
@@ -262,6 +265,8 @@ class Checkpoint:
                 f"storage {storage.key!r} needs bytes up to {stop} but holds {limit}", path=where.path
             )
         src = self.source(where.path)
+        if where.crc32 is not None and not self.verify_crc:
+            where = replace(where, crc32=None)
         if where.decoder is not None:
             yield from where.decoder.chunks(src, where, start, stop, buf)
             return
@@ -273,11 +278,21 @@ class Checkpoint:
             )
         mv = memoryview(buf)
         pos = start
+        crc = where.crc32 if start == 0 and stop == where.nbytes else None  # the whole record: check its CRC
+        run = 0
         while pos < stop:
             k = min(len(buf), stop - pos)
             src.read_into(where.offset + pos, mv[:k])
+            if crc is not None:
+                run = zlib.crc32(mv[:k], run)
             yield mv[:k]
             pos += k
+        if crc is not None and run != crc:
+            raise CorruptFileError(
+                f"record {where.member or storage.key!r}: CRC-32 is {run:08x} but the zip directory says {crc:08x}: "
+                "the record was modified or damaged",
+                path=where.path,
+            )
 
     def storage_bytes(self, storage: StorageInfo, start: int = 0, stop: int | None = None) -> bytes:
         """Bytes [start, stop) of a storage (byte offsets relative to the storage), as stored."""

@@ -1,23 +1,23 @@
 """torch zip archives (``torch.save`` since 1.6) and TorchScript archives, header-only.
 
-Reads the zip central directory, ``<prefix>/data.pkl`` (through the restricted unpickler) and
-``<prefix>/byteorder``. Tensor bytes are located (member, absolute file offset) but not read.
+The archive is read as torch reads it (:mod:`._zipread`: miniz's rules, not Python's :mod:`zipfile`):
+``<archive name>/data.pkl`` through the restricted unpickler, ``byteorder``, and each storage's ``data/<key>``
+record, every name located as miniz locates it (case-insensitively). Tensor bytes are located (record,
+absolute file offset) but not read. An archive that a plain reader would read differently is refused
+(``[parser-differential]``), and ``scan`` reports it.
 """
 
 from __future__ import annotations
 
-import itertools
-import struct
-import zipfile
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
 from ..checkpoint import ByteSource, Checkpoint, StorageInfo
 from ..errors import CorruptFileError, UnsupportedFormatError
 from ..sources import CHUNK, Source
+from . import _zipread as zr
 from . import unpickler
 from ._torch_tree import build_checkpoint, inert_notes, storage_ref
 
@@ -28,261 +28,274 @@ NAME = "torch-zip"
 MAX_PICKLE_BYTES = 1 << 30
 MAX_COMPRESSED_PICKLE = 64 << 20  # torch stores pickles uncompressed; a deflated one is inflated in memory
 MAX_DEFLATE_RATIO = 1032  # deflate cannot expand more than this; a larger claimed size is a lie
-
-# What the zipfile module raises on damaged archives besides BadZipFile: short reads (EOFError), bad
-# seeks (OSError, OverflowError), unsupported methods (NotImplementedError), encrypted members
-# (RuntimeError), broken deflate streams (zlib.error), bad names (UnicodeDecodeError is a ValueError).
-ZIP_ERRORS: tuple[type[BaseException], ...] = (
-    zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error, NotImplementedError, RuntimeError,
-    OverflowError, zlib.error,
-)  # fmt: skip
-
-
-class _SourceZip(zipfile.ZipFile):
-    """A ZipFile over a Source's file object, which it closes with itself."""
-
-    def __init__(self, fobj: IO[bytes]):
-        self._fobj = fobj
-        super().__init__(fobj)
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self._fobj.close()
+MAX_ENTRIES = zr.MAX_ENTRIES
+DCP_HINT = "a torch.distributed.checkpoint shard? open its folder"
 
 
 def detect(head: bytes, size: int) -> bool:
     return head.startswith((b"PK\x03\x04", b"PK\x05\x06"))
 
 
-def open_zip(src: Source) -> zipfile.ZipFile:
-    """The zip directory of a Source; every failure is a CorruptFileError naming it."""
+def open_zip(src: Source) -> zr.Archive:
+    """The archive as torch reads it; every failure is a CorruptFileError naming the file."""
     path = src.name
-    fobj = src.fileobj()
     try:
-        return _SourceZip(fobj)
-    except zipfile.BadZipFile as e:
-        fobj.close()
-        raise CorruptFileError(f"not a valid zip archive ({e}); the file may be truncated", path=path) from None
-    except ZIP_ERRORS as e:
-        fobj.close()
-        raise CorruptFileError(f"cannot read the zip directory ({type(e).__name__}: {e})", path=path) from None
+        ar = zr.open_archive(src)
+    except zr.ZipError as e:
+        multi = zr.multi_archive(None, src)
+        if multi:
+            raise CorruptFileError(multi, path=path, hint=DCP_HINT) from None
+        if e.kind == "too-many":
+            raise CorruptFileError(e.reason, path=path, hint="see docs/design.md, torch zip limits") from None
+        raise CorruptFileError(
+            f"not a valid zip archive as torch reads it ({e.reason}); the file may be truncated", path=path
+        ) from None
+    multi = zr.multi_archive(ar, src)
+    if multi:
+        raise CorruptFileError(multi, path=path, hint=DCP_HINT)
+    return ar
 
 
 @dataclass(frozen=True)
 class Inflate:
-    """The decoder of a deflated member: streamed inflate through :mod:`zipfile` (which checks the CRC)."""
+    """The decoder of a deflated record: streamed inflation (never whole), the CRC checked when the whole
+    record goes by (``where.crc32``)."""
 
     member: str
+    comp_size: int
 
     def chunks(
         self, source: Source, where: ByteSource, start: int, stop: int, buf: bytearray
     ) -> Iterator[bytes | memoryview]:
-        mv = memoryview(buf)
         pos = 0
+        whole = start == 0 and stop >= where.nbytes
         try:
-            with open_zip(source) as zf, zf.open(self.member) as fh:
-                while pos < stop:
-                    k = fh.readinto(mv[: min(len(buf), stop - pos)])  # type: ignore[attr-defined]
-                    if not k:
-                        raise CorruptFileError(
-                            f"{self.member!r} inflates to {pos} bytes, expected {stop}", path=source.name
-                        )
-                    lo = max(start - pos, 0)
-                    if lo < k:
-                        yield mv[lo:k]
-                    pos += k
-        except CorruptFileError:
-            raise
-        except ZIP_ERRORS as e:
-            raise CorruptFileError(f"cannot inflate {self.member!r} ({e})", path=source.name) from None
+            for mv in zr.member_chunks(
+                source, where.offset, name=self.member, method=8, comp_size=self.comp_size, size=where.nbytes,
+                crc=where.crc32 if whole else None, buf=buf, limit=None if whole else stop,
+            ):  # fmt: skip
+                k = len(mv)
+                lo, hi = max(start - pos, 0), min(stop - pos, k)
+                if lo < hi:
+                    yield mv[lo:hi]
+                pos += k
+                if pos >= stop:
+                    break
+        except zr.CRCError as e:
+            raise CorruptFileError(crc_message(self.member, e), path=source.name) from None
+        except zr.ZipError as e:
+            raise CorruptFileError(f"cannot inflate {e.reason}", path=source.name) from None
+        if pos < stop:
+            raise CorruptFileError(f"{self.member!r} inflates to {pos} bytes, expected {stop}", path=source.name)
 
 
-def check_member(mm: Any, info: zipfile.ZipInfo, path: str) -> int:
-    """Validate a member's claimed sizes against the file; return the absolute offset of its data."""
-    if info.flag_bits & 0x1:
-        raise CorruptFileError(f"zip member {info.filename!r} is encrypted", path=path)
-    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+def crc_message(member: str, e: zr.CRCError) -> str:
+    return (
+        f"record {member!r}: CRC-32 is {e.got:08x} but the zip directory says {e.want:08x}: the record was modified "
+        "or damaged"
+    )
+
+
+def _check_member(ar: zr.Archive, e: zr.Entry, path: str) -> int:
+    """Validate a member as torch would read it; return the absolute offset of its data."""
+    try:
+        ar.check_readable(e)
+        off = ar.data_offset(e)
+    except zr.ZipError as err:
+        raise CorruptFileError(f"zip member: {err.reason}", path=path) from None
+    if e.method == 8 and e.size > MAX_DEFLATE_RATIO * e.comp_size + 1024:
         raise CorruptFileError(
-            f"zip member {info.filename!r} uses compression method {info.compress_type}; torch archives are "
-            "stored (or, rarely, deflated)",
-            path=path,
-        )
-    off = data_offset(mm, info, path)
-    if off + info.compress_size > len(mm):
-        raise CorruptFileError(
-            f"zip member {info.filename!r} claims {info.compress_size} bytes at offset {off} but the file has "
-            f"{len(mm)} (truncated?)",
-            path=path,
-        )
-    if info.compress_type == zipfile.ZIP_STORED:
-        if info.file_size != info.compress_size:
-            raise CorruptFileError(
-                f"zip member {info.filename!r} is stored but its sizes disagree ({info.file_size} vs "
-                f"{info.compress_size})",
-                path=path,
-            )
-    elif info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 1024:
-        raise CorruptFileError(
-            f"zip member {info.filename!r} claims {info.file_size} bytes from {info.compress_size} compressed: "
-            "more than deflate can expand",
+            f"zip member {e.name!r} claims {e.size} bytes from {e.comp_size} compressed: more than deflate can expand",
             path=path,
         )
     return off
 
 
-def findings(buf: Any, zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> Iterator[tuple[str, str, str | None]]:
-    """The archive's structural findings, (kind, message, member): duplicate names, local headers that are
-    missing or name another file, records past the end, encrypted members, overlapping records. ``scan``
-    lists them all; the reader refuses the ambiguous ones (:data:`FATAL`) with the first."""
-    size = len(buf)
-    seen: dict[str, int] = {}
-    for info in infos:
-        seen[info.filename] = seen.get(info.filename, 0) + 1
-    for name, n in seen.items():
-        if n > 1:
-            yield ("zip-duplicate", f"{n} members share this name: which one a loader reads is ambiguous", name)
-    pkls = [n for n in seen if n == "data.pkl" or n.endswith("/data.pkl")]
-    if len(pkls) > 1:
+# --------------------------------------------------------------------------------------------
+# findings: the archive's structure (scan lists them all; the reader refuses FATAL ones)
+# --------------------------------------------------------------------------------------------
+FATAL = frozenset({"zip-duplicate", "parser-differential", "zip-name-mismatch", "zip-outside"})
+
+
+def findings(ar: zr.Archive) -> Iterator[tuple[str, str, str | None]]:
+    """(kind, message, member): miniz-vs-plain differentials, duplicate names, local headers that are missing or
+    name another file, records past the end, encrypted members, overlapping records."""
+    dup_exact: set[bytes] = set()
+    if ar.duplicates:
+        seen: dict[bytes, int] = {}
+        for e in ar.entries:
+            seen[e.raw] = seen.get(e.raw, 0) + 1
+        dup_exact = {n for n, k in seen.items() if k > 1}
+        for dup in sorted(dup_exact):
+            yield (
+                "zip-duplicate",
+                f"{seen[dup]} members share this name: which one a loader reads is ambiguous",
+                dup.decode("utf-8", "replace"),
+            )
+    for message, raw in zr.differentials(ar):
+        where = None if raw is None else raw.decode("utf-8", "replace")
+        if raw is not None and raw in dup_exact and "share this name" in message:
+            continue
+        if message.startswith("the local header names it"):
+            yield ("zip-name-mismatch", message, where)
+        else:
+            yield ("parser-differential", message, where)
+    cnames = [e.cname for e in ar.entries] if ar.has_nul else [e.raw[: zr.MAX_NAME] for e in ar.entries]
+    pkls = [
+        e.name
+        for e, c in zip(ar.entries, cnames, strict=True)
+        if c.lower().endswith(b"data.pkl") and (len(c) == 8 or c[-9:-8] == b"/")
+    ]
+    if len(set(pkls)) > 1:
         yield (
             "zip-duplicate",
-            f"{len(pkls)} data.pkl members ({', '.join(pkls[:4])}): torch reads the one under the first "
-            "member's folder, other tools may read another",
+            f"{len(pkls)} data.pkl members ({', '.join(pkls[:4])}): torch reads the one under the first member's "
+            "folder, other tools may read another",
             None,
         )
-    spans: list[tuple[int, int, str]] = []
-    for info in infos:
-        h = info.header_offset
-        if h < 0 or h + 30 > size or bytes(buf[h : h + 4]) != b"PK\x03\x04":
-            yield ("zip-corrupt", f"local header at offset {h} is missing or damaged", info.filename)
-            continue
-        name_len, extra_len = struct.unpack("<HH", buf[h + 26 : h + 30])
-        local = bytes(buf[h + 30 : h + 30 + name_len]).decode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace")
-        if local != info.orig_filename:
+    prefix = ar.prefix
+    if prefix is None:
+        yield ("zip-outside", "the first entry is not in a folder: torch refuses the archive", None)
+    else:
+        under = prefix + b"/"
+        outside = [e for e, c in zip(ar.entries, cnames, strict=True) if not c.startswith(under)]
+        for e in outside[:8]:
             yield (
-                "zip-name-mismatch",
-                f"the local header names it {local[:80]!r}: tools that walk local headers see another file",
-                info.filename,
+                "zip-outside",
+                f"not under the archive folder {prefix.decode('utf-8', 'replace')!r}: torch.load refuses the archive "
+                "(other tools may read it)",
+                e.name,
             )
-        data = h + 30 + name_len + extra_len
-        stop = data + info.compress_size
-        if stop > size:
-            yield ("zip-corrupt", f"record runs past the end of the file ({stop} > {size})", info.filename)
-        if info.flag_bits & 0x1:
-            yield ("zip-corrupt", "member is encrypted", info.filename)
-        spans.append((h, stop, info.filename))
-    spans.sort()
-    for (a0, a1, an), (b0, _b1, bn) in itertools.pairwise(spans):
-        if b0 < a1:
-            yield (
-                "zip-overlap",
-                f"records overlap: {an!r} spans [{a0}, {a1}) and {bn!r} starts at {b0} (a zip bomb or a smuggled member)",
-                bn,
-            )
-    if spans and zf.start_dir < max(s[1] for s in spans):
+    import numpy as np
+
+    if not ar.entries:
+        return
+    lt = ar.table()
+    size = ar.size
+    cols = ar.columns()
+    comp, flags, method, start = cols["comp"], cols["flags"], cols["method"], cols["lho"]
+    stop = lt.data + comp
+    for i in np.flatnonzero(~lt.ok):
+        e = ar.entries[i]
+        yield ("zip-corrupt", f"local header at offset {e.header_offset} is missing or damaged", e.name)
+    for i in np.flatnonzero(lt.ok & ((stop > size) | ((flags & 0x41) != 0) | ((method != 0) & (method != 8)))):
+        e = ar.entries[i]
+        if stop[i] > size:
+            yield ("zip-corrupt", f"record runs past the end of the file ({stop[i]} > {size})", e.name)
+        if e.flags & 0x41:
+            yield ("zip-corrupt", "member is encrypted", e.name)
+        elif e.method not in (0, 8):
+            yield ("zip-corrupt", f"compression method {e.method}: torch reads stored and deflated records", e.name)
+    ok = np.flatnonzero(lt.ok)
+    if not len(ok):
+        return
+    order = ok[np.argsort(start[ok], kind="stable")]
+    s0, s1 = start[order], stop[order]
+    prev_end = np.maximum.accumulate(s1)
+    for j in np.flatnonzero(s0[1:] < prev_end[:-1]) + 1:
+        a = order[int(np.argmax(s1[:j] == prev_end[j - 1]))]
+        b = order[j]
+        yield (
+            "zip-overlap",
+            f"records overlap: {ar.entries[a].name!r} spans [{start[a]}, {stop[a]}) and {ar.entries[b].name!r} starts "
+            f"at {start[b]} (a zip bomb or a smuggled member)",
+            ar.entries[b].name,
+        )
+    if ar.cd_offset < int(s1.max()):
         yield ("zip-overlap", "the central directory overlaps member data", None)
 
 
-FATAL = frozenset({"zip-duplicate"})  # findings the reader refuses: which member a loader reads is ambiguous
+def _refuse_fatal(ar: zr.Archive, path: str) -> None:
+    for kind, message, where in findings(ar):
+        if kind in FATAL:
+            hint = "`ckptool scan` reports every member"
+            if kind == "parser-differential":
+                message = f"[parser-differential] {message}"
+                hint = "torch and other zip readers would read different archives; `ckptool scan` shows both views"
+            raise CorruptFileError(f"zip archive: {where + ': ' if where else ''}{message}", path=path, hint=hint)
 
 
-def find_prefix(names: list[str], path: str) -> str:
-    pkl = sorted((n for n in names if n == "data.pkl" or n.endswith("/data.pkl")), key=len)
-    if not pkl:
-        hint = "a numpy .npz?" if any(n.endswith(".npy") for n in names) else None
-        raise UnsupportedFormatError("zip archive without a data.pkl: not a torch checkpoint", path=path, hint=hint)
-    if len(pkl) > 1:
-        raise CorruptFileError(
-            f"zip archive holds {len(pkl)} data.pkl records ({', '.join(pkl[:3])}): which one a loader reads is "
-            "ambiguous (torch picks the first member's folder)",
-            path=path,
-            hint="`ckptool scan` walks all of them",
-        )
-    return pkl[0][: -len("data.pkl")]
-
-
-def data_offset(mm: Any, info: zipfile.ZipInfo, path: str) -> int:
-    """Absolute offset of a member's data: after its *local* header (whose lengths may differ)."""
-    h = info.header_offset
-    if h < 0 or h + 30 > len(mm) or bytes(mm[h : h + 4]) != b"PK\x03\x04":
-        raise CorruptFileError(f"zip member {info.filename!r} has a bad local header", path=path)
-    name_len, extra_len = struct.unpack("<HH", mm[h + 26 : h + 30])
-    return h + 30 + name_len + extra_len
+def _record(ar: zr.Archive, name: str) -> zr.Entry | None:
+    return ar.record(name)
 
 
 def read(src: Source, *, key: str | None = None) -> Checkpoint:
-    path, mm = src.name, src.buffer()
-    zf = open_zip(src)
-    with zf:
-        infos = zf.infolist()
-        names = [i.filename for i in infos]
-        by_name = {i.filename: i for i in infos}
-        for kind, message, where in findings(mm, zf, infos):
-            if kind in FATAL:
-                raise CorruptFileError(
-                    f"zip archive: {where + ': ' if where else ''}{message}",
-                    path=path,
-                    hint="`ckptool scan` reports every member",
-                )
-        prefix = find_prefix(names, path)
-        torchscript = any(n.startswith(prefix + "code/") for n in names) or (prefix + "constants.pkl") in by_name
-        byteorder = "little"
-        if prefix + "byteorder" in by_name:
-            byteorder = _small(zf, by_name[prefix + "byteorder"], path).decode("ascii", "replace").strip()
-            if byteorder not in ("little", "big"):
-                raise CorruptFileError(f"byteorder record says {byteorder!r}", path=path)
-        pkl_info = by_name[prefix + "data.pkl"]
-        if pkl_info.file_size > MAX_PICKLE_BYTES:
-            raise CorruptFileError(f"data.pkl claims {pkl_info.file_size} bytes (limit {MAX_PICKLE_BYTES})", path=path)
-        if pkl_info.compress_type == zipfile.ZIP_STORED:  # walk it in place: no copy
-            pkl_buf, pkl_pos = mm, check_member(mm, pkl_info, path)
-        else:
-            pkl_buf, pkl_pos = _member(zf, mm, pkl_info, path), 0
-        refs: dict[str, Any] = {}
-        inert: set[str] = set()
+    path = src.name
+    ar = open_zip(src)
+    _refuse_fatal(ar, path)
+    prefix = ar.prefix
+    assert prefix is not None  # (zip-outside is fatal)
+    records = [e.cname[len(prefix) + 1 :] for e in ar.entries]
+    pkl = _record(ar, "data.pkl")
+    if pkl is None:
+        hint = "a numpy .npz?" if any(r.endswith(b".npy") for r in records) else None
+        raise UnsupportedFormatError("zip archive without a data.pkl: not a torch checkpoint", path=path, hint=hint)
+    torchscript = b"constants.pkl" in records or any(r.startswith(b"code/") for r in records)
+    byteorder = "little"
+    bo = _record(ar, "byteorder")
+    if bo is not None:
+        if bo.size > 64:
+            raise CorruptFileError(f"{bo.name} is larger than expected", path=path)
+        raw = _member_bytes(src, ar, bo, path, 64)
+        if raw not in (b"little", b"big"):
+            raise CorruptFileError(
+                f"byteorder record says {raw[:20]!r} (torch reads only 'little' or 'big')", path=path
+            )
+        byteorder = raw.decode()
+    if pkl.size > MAX_PICKLE_BYTES:
+        raise CorruptFileError(f"data.pkl claims {pkl.size} bytes (limit {MAX_PICKLE_BYTES})", path=path)
+    pkl_buf: Any
+    if pkl.method == 0:  # walk it in place: no copy
+        pkl_pos = _check_member(ar, pkl, path)
+        pkl_buf = src.buffer()
+        _check_crc_of(src, pkl, pkl_pos, path)
+    else:
+        pkl_buf, pkl_pos = _member_bytes(src, ar, pkl, path, MAX_COMPRESSED_PICKLE), 0
+    refs: dict[str, Any] = {}
+    inert: set[str] = set()
 
-        def persistent_load(pid: Any) -> Any:
-            ref = storage_ref(pid, legacy=False)
-            prev = refs.setdefault(ref.key, ref)
-            if (
-                prev.dtype != ref.dtype
-                and prev.numel * dtypes.lookup(prev.dtype).itemsize != ref.numel * dtypes.lookup(ref.dtype).itemsize
-            ):
-                raise CorruptFileError(f"storage {ref.key!r} is declared twice with different sizes", path=path)
-            return ref
+    def persistent_load(pid: Any) -> Any:
+        ref = storage_ref(pid, legacy=False)
+        prev = refs.setdefault(ref.key, ref)
+        if (
+            prev.dtype != ref.dtype
+            and prev.numel * dtypes.lookup(prev.dtype).itemsize != ref.numel * dtypes.lookup(ref.dtype).itemsize
+        ):
+            raise CorruptFileError(f"storage {ref.key!r} is declared twice with different sizes", path=path)
+        return ref
 
-        root, _ = unpickler.load(
-            pkl_buf,
-            pkl_pos,
-            end=pkl_pos + pkl_info.file_size,
-            persistent_load=persistent_load,
-            torchscript=torchscript,
-            where=f"{path}: data.pkl",
-            inert=inert,
-        )
+    root, _ = unpickler.load(
+        pkl_buf,
+        pkl_pos,
+        end=pkl_pos + pkl.size,
+        persistent_load=persistent_load,
+        torchscript=torchscript,
+        where=f"{path}: data.pkl",
+        inert=inert,
+    )
 
-        storages: dict[str, StorageInfo] = {}
-        for k, ref in refs.items():
-            member = f"{prefix}data/{k}"
-            info = by_name.get(member)
-            if info is None:
-                raise CorruptFileError(f"storage record {member!r} is missing from the archive", path=path)
-            need = ref.numel * dtypes.lookup(ref.dtype).itemsize
-            if info.file_size < need:
-                raise CorruptFileError(
-                    f"storage {member!r} declares {need} bytes but its record holds {info.file_size}", path=path
-                )
-            stored = info.compress_type == zipfile.ZIP_STORED
-            off = check_member(mm, info, path)
-            bs = ByteSource(
-                path=path, offset=off, nbytes=info.file_size, member=member, compressed=not stored,
-                decoder=None if stored else Inflate(member),
-            )  # fmt: skip
-            storages[k] = StorageInfo(key=k, dtype=ref.dtype, numel=ref.numel, location=ref.location, source=bs)
+    storages: dict[str, StorageInfo] = {}
+    for k, ref in refs.items():
+        member = f"data/{k}"
+        e = _record(ar, member)
+        if e is None:
+            raise CorruptFileError(
+                f"storage record {prefix.decode('utf-8', 'replace') + '/' + member!r} is missing from the archive",
+                path=path,
+            )
+        need = ref.numel * dtypes.lookup(ref.dtype).itemsize
+        if e.size < need:
+            raise CorruptFileError(f"storage {e.name!r} declares {need} bytes but its record holds {e.size}", path=path)
+        off = _check_member(ar, e, path)
+        stored = e.method == 0
+        bs = ByteSource(
+            path=path, offset=off, nbytes=e.size, member=e.name, compressed=not stored,
+            decoder=None if stored else Inflate(e.name, e.comp_size), crc32=e.crc,
+        )  # fmt: skip
+        storages[k] = StorageInfo(key=k, dtype=ref.dtype, numel=ref.numel, location=ref.location, source=bs)
 
     fmt = "torchscript" if torchscript else NAME
-    meta: dict[str, Any] = {"archive_prefix": prefix.rstrip("/"), "byteorder": byteorder}
+    meta: dict[str, Any] = {"archive_prefix": prefix.decode("utf-8", "replace"), "byteorder": byteorder}
     ck = build_checkpoint(root, storages, path=path, fmt=fmt, key=key, metadata=meta)
     ck.byteorder = byteorder
     ck.notes.extend(inert_notes(inert))
@@ -296,109 +309,120 @@ def read(src: Source, *, key: str | None = None) -> Checkpoint:
     return ck
 
 
-def _small(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> bytes:
-    if info.file_size > 64:
-        raise CorruptFileError(f"{info.filename} is larger than expected", path=path)
+def _check_crc_of(src: Source, e: zr.Entry, off: int, path: str) -> None:
     try:
-        return zf.read(info)
-    except ZIP_ERRORS as e:
-        raise CorruptFileError(f"cannot read {info.filename} ({type(e).__name__}: {e})", path=path) from None
+        for _ in zr.entry_chunks(src, off, e, bytearray(min(CHUNK, max(e.size, 1)))):
+            pass
+    except zr.CRCError as err:
+        raise CorruptFileError(crc_message(e.name, err), path=path) from None
+    except zr.ZipError as err:
+        raise CorruptFileError(f"cannot read {err.reason}", path=path) from None
 
 
-def _member(zf: zipfile.ZipFile, mm: Any, info: zipfile.ZipInfo, path: str) -> Any:
-    off = check_member(mm, info, path)
-    if info.compress_type == zipfile.ZIP_STORED:
-        return mm[off : off + info.file_size]
-    if info.file_size > MAX_COMPRESSED_PICKLE:
+def _member_bytes(src: Source, ar: zr.Archive, e: zr.Entry, path: str, limit: int, *, check_crc: bool = True) -> bytes:
+    off = _check_member(ar, e, path)
+    if e.size > limit:
         raise CorruptFileError(
-            f"{info.filename} is compressed and claims {info.file_size} bytes; ckptool inflates compressed "
-            f"pickles up to {MAX_COMPRESSED_PICKLE >> 20} MB (torch itself never compresses them)",
+            f"{e.name} is compressed and claims {e.size} bytes; ckptool inflates compressed pickles up to "
+            f"{limit >> 20} MB (torch itself never compresses them)"
+            if e.method
+            else f"{e.name} claims {e.size} bytes (limit {limit})",
             path=path,
         )
     try:
-        with zf.open(info) as fh:
-            data = fh.read(MAX_COMPRESSED_PICKLE + 1)
-    except ZIP_ERRORS as e:
-        raise CorruptFileError(f"cannot read {info.filename} ({type(e).__name__}: {e})", path=path) from None
-    if len(data) > MAX_COMPRESSED_PICKLE:
-        raise CorruptFileError(f"{info.filename} inflates past {MAX_COMPRESSED_PICKLE} bytes", path=path)
-    return data
+        return zr.read_member(src, off, e, max_bytes=limit, check_crc=check_crc)
+    except zr.CRCError as err:
+        raise CorruptFileError(crc_message(e.name, err), path=path) from None
+    except zr.ZipError as err:
+        raise CorruptFileError(f"cannot read {err.reason}", path=path) from None
 
 
 # --------------------------------------------------------------------------------------------
-# scan: every member's pickles (by name or by content), the archive's rules, the CRCs, then the values
+# scan: every member torch (or another loader) could unpickle, the archive's rules, the CRCs, then the values
 # --------------------------------------------------------------------------------------------
 def scan(ctx: ScanContext) -> None:
     ctx.set_format(NAME)
-    zf = open_zip(ctx.src)
-    with zf:
-        infos = zf.infolist()
-        names = [i.filename for i in infos]
-        ctx.torchscript = any("/code/" in f"/{n}" or n.endswith("constants.pkl") for n in names)
-        if ctx.torchscript:
-            ctx.set_format("torchscript")
-            ctx.note(
-                "TorchScript archive: torch.jit.load compiles and runs its code/ folder (TorchScript, not "
-                "Python); __torch__.* globals name its classes"
-            )
-        for kind, message, where in findings(ctx.mm, zf, infos):
-            ctx.find(kind, message, where)
-        for info in infos:
-            if info.filename.endswith("/"):  # (ZipInfo.is_dir fails on an empty name)
-                continue
-            try:
-                _scan_member(ctx, zf, info)
-            except ZIP_ERRORS as e:
-                ctx.find("zip-corrupt", f"cannot read member ({type(e).__name__}: {e})", info.filename)
-            except CorruptFileError as e:
-                ctx.find("zip-corrupt", e.message, info.filename)
-    ctx.values_pass()
+    src = ctx.src
+    try:
+        ar = zr.open_archive(src)
+    except zr.ZipError:
+        multi = zr.multi_archive(None, src)
+        if multi is None:
+            open_zip(src)  # raises the reader's error (exit 2)
+        ctx.find("zip-multi-archive", f"{multi}: {DCP_HINT}", None)
+        return
+    multi = zr.multi_archive(ar, src)
+    if multi:
+        ctx.find("zip-multi-archive", f"{multi}: {DCP_HINT}", None)
+    records = [e.cname for e in ar.entries]
+    ctx.torchscript = any(b"/code/" in b"/" + n or n.endswith(b"constants.pkl") for n in records)
+    if ctx.torchscript:
+        ctx.set_format("torchscript")
+        ctx.note(
+            "TorchScript archive: torch.jit.load compiles and runs its code/ folder (TorchScript, not "
+            "Python); __torch__.* globals name its classes"
+        )
+    for kind, message, where in findings(ar):
+        ctx.find(kind, message, where)
+    torch_pkl = ar.record("data.pkl")
+    for e in ar.entries:
+        if e.is_dir:
+            continue
+        try:
+            _scan_member(ctx, ar, e, torch_pkl is e)
+        except CorruptFileError as err:
+            ctx.find("zip-corrupt", err.message, e.name)
+    # the reader's view (refused archives: the refusal is a finding); the CRCs were checked above
+    ck = ctx.open_reader()
+    if ck is not None:
+        with ck:
+            ck.verify_crc = False
+            ctx.check_values(ck)
 
 
-def _scan_member(ctx: ScanContext, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
-    """Walk a member that is a pickle by name or by its first bytes, whatever it is called; check its CRC
-    (storage records only when values are read)."""
-    stored = info.compress_type == zipfile.ZIP_STORED
-    name = info.filename
-    is_storage = "/data/" in f"/{name}" and not name.endswith(".pkl")
-    pkl = name.endswith(".pkl")
+def _scan_member(ctx: ScanContext, ar: zr.Archive, e: zr.Entry, is_torch_pkl: bool) -> None:
+    """Walk a member that is a pickle by name (any case) or by its first bytes, whatever it is called; check its
+    CRC (storage records only when values are read)."""
+    name = e.name
+    low = e.cname.lower()
+    is_storage = b"/data/" in b"/" + low and not low.endswith(b".pkl")
+    pkl = is_torch_pkl or low.endswith(b".pkl")
+    off = _check_member(ar, e, ctx.path)
     magic = unpickler.PICKLE_MAGIC
-    if stored:
-        off = check_member(ctx.mm, info, ctx.path)
-        end = off + info.compress_size
+    if e.method == 0:
+        end = off + e.size
+        if end > ctx.size:
+            raise CorruptFileError(f"record runs past the end of the file ({end} > {ctx.size})", path=ctx.path)
         if pkl or bytes(ctx.mm[off : off + 2]) in magic:
             ctx.walk_stream(ctx.mm, off, end, name, 0, probe=not pkl)
         if ctx.values or not is_storage:
-            _check_crc(ctx, info, off, end)
+            _scan_crc(ctx, e, off)
         return
-    check_member(ctx.mm, info, ctx.path)
-    with zf.open(info) as fh:
-        head = fh.read(2)
+    head = b""
+    try:
+        for chunk in zr.entry_chunks(ctx.src, off, e, bytearray(2), check_crc=False, limit=2):
+            head += bytes(chunk)
+    except zr.ZipError as err:
+        ctx.find("zip-corrupt", err.reason, name)
+        return
     if pkl or head in magic:
-        data = _member(zf, ctx.mm, info, ctx.path)  # bounded; zipfile checks the CRC
+        data = _member_bytes(ctx.src, ar, e, ctx.path, MAX_COMPRESSED_PICKLE, check_crc=False)  # bounded
         ctx.walk_stream(data, 0, len(data), name, None, probe=not pkl)
+        _scan_crc(ctx, e, off)
         return
     if ctx.values or not is_storage:
-        try:
-            with zf.open(info) as fh:
-                while fh.read(CHUNK):
-                    pass
-        except zipfile.BadZipFile as e:
-            ctx.find("zip-crc", str(e), name)
+        _scan_crc(ctx, e, off)
 
 
-def _check_crc(ctx: ScanContext, info: zipfile.ZipInfo, off: int, end: int) -> None:
-    crc = 0
-    mv = memoryview(bytearray(CHUNK))
-    pos, stop = off, min(end, ctx.size)
-    while pos < stop:
-        k = min(CHUNK, stop - pos)
-        ctx.src.read_into(pos, mv[:k])
-        crc = zlib.crc32(mv[:k], crc)
-        pos += k
-    if crc != info.CRC:
+def _scan_crc(ctx: ScanContext, e: zr.Entry, off: int) -> None:
+    try:
+        for _ in zr.entry_chunks(ctx.src, off, e, bytearray(CHUNK)):
+            pass
+    except zr.CRCError as err:
         ctx.find(
             "zip-crc",
-            f"CRC-32 is {crc:08x} but the directory says {info.CRC:08x}: the record was modified or damaged",
-            info.filename,
+            f"CRC-32 is {err.got:08x} but the directory says {err.want:08x}: the record was modified or damaged",
+            e.name,
         )
+    except zr.ZipError as err:
+        ctx.find("zip-corrupt", err.reason, e.name)
