@@ -8,6 +8,7 @@ followed by the raw bytes. Storage offsets are computed by walking the counts, n
 from __future__ import annotations
 
 import struct
+import tarfile
 from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
@@ -35,8 +36,36 @@ def detect(head: bytes, size: int) -> bool:
     )
 
 
+TAR_MEMBERS = ("storages", "tensors", "pickle")  # the pre-0.1.10 tar format that torch still tries first
+
+
+def tar_view(src: Source) -> str | None:
+    """What torch.load's first attempt on a non-zip file finds: ``_legacy_load`` opens it with
+    ``tarfile.open(fileobj=f, mode="r:", format=PAX_FORMAT)`` before anything else, and only a ``TarError``
+    sends it on to the pickles. None when that attempt fails (torch goes on, as ckptool does); otherwise why
+    torch stops there."""
+    if src.size < tarfile.BLOCKSIZE:
+        return None  # tarfile cannot read a header: TarError
+    try:
+        with src.fileobj() as f, tarfile.open(fileobj=f, mode="r:", format=tarfile.PAX_FORMAT) as tar:
+            names = tar.getnames()
+    except tarfile.TarError:
+        return None
+    except Exception as e:  # anything else escapes torch.load too
+        return f"torch.load fails while reading its tar header ({type(e).__name__}: {e})"
+    if all(n in names for n in TAR_MEMBERS):
+        return "it is a torch tar-format file (torch.save before 0.1.10), which ckptool does not read"
+    return (
+        "its first 512 bytes are a valid tar header, so torch.load reads it as the old tar format and fails "
+        "(no 'storages' member): torch cannot load this file either"
+    )
+
+
 def read(src: Source, *, key: str | None = None) -> Checkpoint:
     path, mm = src.name, src.buffer()
+    tar = tar_view(src)
+    if tar is not None:
+        raise CorruptFileError(tar, path=path)
     where = f"{path}: legacy header"
     magic, pos = unpickler.load(mm, 0, where=where)
     if magic != MAGIC_NUMBER:
@@ -47,7 +76,8 @@ def read(src: Source, *, key: str | None = None) -> Checkpoint:
     sys_info, pos = unpickler.load(mm, pos, where=where)
     if not isinstance(sys_info, dict):
         raise CorruptFileError("legacy sys_info is not a dict", path=path)
-    little = sys_info.get("little_endian", True)
+    # torch ignores little_endian: sizes and data are read little-endian whatever sys_info says
+    little_flag = sys_info.get("little_endian", True)
     type_sizes = sys_info.get("type_sizes", {})
     refs: dict[str, Any] = {}
     inert: set[str] = set()
@@ -55,8 +85,8 @@ def read(src: Source, *, key: str | None = None) -> Checkpoint:
     def persistent_load(pid: Any) -> Any:
         if isinstance(pid, str):  # pickle_protocol 0/1 writes persistent ids as text: the tuple's repr
             raise UnsupportedFormatError(
-                "a legacy file saved with pickle_protocol 0 or 1: its storage ids are text reprs that ckptool "
-                "cannot parse back (its globals can still be listed with `ckptool scan`)",
+                "a legacy file saved with pickle_protocol 0: its storage ids are text reprs, which torch.load "
+                "cannot load either (AssertionError: saved_id must be a tuple); `ckptool scan` lists its globals",
                 path=path,
             )
         ref = storage_ref(pid, legacy=True)
@@ -85,7 +115,7 @@ def read(src: Source, *, key: str | None = None) -> Checkpoint:
         item = dtypes.lookup(ref.dtype).itemsize
         if pos + 8 > size:
             raise CorruptFileError(f"file ends before storage {k!r} (truncated?)", path=path)
-        (count,) = struct.unpack("<q" if little else ">q", mm[pos : pos + 8])
+        (count,) = struct.unpack("<q", mm[pos : pos + 8])
         if count != ref.numel:
             raise CorruptFileError(
                 f"storage {k!r} declares {ref.numel} elements but its record says {count}", path=path
@@ -100,9 +130,14 @@ def read(src: Source, *, key: str | None = None) -> Checkpoint:
         storages[k] = StorageInfo(k, ref.dtype, ref.numel, ref.location, ByteSource(path, start, nbytes))
         pos = start + nbytes
 
-    meta: dict[str, Any] = {"type_sizes": type_sizes, "byteorder": "little" if little else "big"}
+    meta: dict[str, Any] = {"type_sizes": type_sizes, "byteorder": "little"}
     ck = build_checkpoint(root, storages, path=path, fmt="torch-legacy", key=key, metadata=meta)
-    ck.byteorder = "little" if little else "big"
+    ck.byteorder = "little"
+    if little_flag is not True:
+        ck.notes.append(
+            f"sys_info says little_endian: {little_flag!r}; torch ignores the flag and reads sizes and data "
+            "little-endian, and so does ckptool"
+        )
     ck.notes.extend(inert_notes(inert))
     if pos < size:
         ck.notes.append(f"{size - pos} bytes after the last storage")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_script
 from hostile import replace_member, zip_members
+from proc import run_script
 from torch_oracle import torch_load
 
 from ckptool.errors import CorruptFileError
