@@ -142,6 +142,9 @@ class Checkpoint:
     root: Any = None  # the recorded object tree (torch formats): for --key and other lookups
     storages: dict[str, StorageInfo] = field(default_factory=dict)  # every storage in the file
     opener: Callable[[str], Source] = field(default=open_source)  # how a path in a ByteSource is opened
+    # a checkpoint of several files (shards): ByteSource.path -> the file's name inside the checkpoint's folder,
+    # in shard order; empty for a one-file checkpoint
+    files: dict[str, str] = field(default_factory=dict)
     _sources: dict[str, Source] = field(default_factory=dict)
     _index: tuple[int, int, dict[str, TensorInfo]] | None = None
 
@@ -179,6 +182,13 @@ class Checkpoint:
 
     def names(self) -> list[str]:
         return [t.name for t in self.tensors]
+
+    def file_of(self, t: TensorInfo) -> str | None:
+        """The name (inside the checkpoint's folder) of the file holding the tensor's bytes: its shard, for a
+        checkpoint of several files; None for a one-file checkpoint."""
+        if not self.files or t.storage is None or t.storage.source is None:
+            return None
+        return self.files.get(t.storage.source.path)
 
     @property
     def total_numel(self) -> int:

@@ -199,3 +199,52 @@ def dcp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# sharded Hugging Face checkpoints (tests/formats/test_hf_index.py, tests/convert, tests/cli)
+# ---------------------------------------------------------------------------------------------------
+def _small_lm(seed: int = 0, *, tied: bool = True) -> dict[str, torch.Tensor]:
+    """A tiny decoder-shaped state_dict with HF key names (``model.`` prefix), mixed dtypes, and the output
+    embedding tied to the input embedding (one storage) when ``tied``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {"model.embed_tokens.weight": torch.randn(64, 16, generator=g)}
+    for i in range(3):
+        p = f"model.layers.{i}."
+        sd[p + "self_attn.q_proj.weight"] = torch.randn(16, 16, generator=g)
+        sd[p + "self_attn.k_proj.weight"] = torch.randn(16, 16, generator=g).to(torch.bfloat16)
+        sd[p + "mlp.up_proj.weight"] = torch.randn(32, 16, generator=g).to(torch.float16)
+        sd[p + "input_layernorm.weight"] = torch.ones(16)
+    sd["model.norm.weight"] = torch.rand(16, generator=g)
+    sd["model.position_ids"] = torch.arange(8, dtype=torch.int64)
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"] if tied else torch.randn(64, 16, generator=g)
+    return sd
+
+
+@pytest.fixture(scope="session")
+def small_lm() -> Callable[..., dict[str, torch.Tensor]]:
+    """``small_lm(seed=0, tied=True)``: a tiny HF-named state_dict (see :func:`_small_lm`)."""
+    return _small_lm
+
+
+def _hf_sharded(
+    folder: Path, sd: dict[str, torch.Tensor] | None = None, *, safe: bool = True, max_shard_size: int = 3000
+) -> Path:
+    """``huggingface_hub.save_torch_state_dict`` into ``folder``: the real library's sharded layout (shared
+    tensors dropped as it drops them). Returns the folder."""
+    from huggingface_hub import save_torch_state_dict
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_torch_state_dict(
+        _small_lm(tied=False) if sd is None else sd, folder, max_shard_size=max_shard_size, safe_serialization=safe
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hf_sharded() -> Callable[..., Path]:
+    """``hf_sharded(folder, sd=None, safe=True, max_shard_size=3000)``: a sharded HF folder written by
+    huggingface_hub (safetensors, or ``pytorch_model-0000K-of-0000N.bin`` when ``safe=False``)."""
+    return _hf_sharded

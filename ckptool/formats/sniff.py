@@ -1,4 +1,12 @@
-"""Pick the reader from the file's first bytes (never from its extension)."""
+"""Pick the reader from the file's first bytes (never from its extension), or from what a folder holds.
+
+Everything the user names goes through a :class:`~ckptool.sources.Location` (:func:`~ckptool.sources.open_location`):
+a file is sniffed and read by its format; a folder is offered to each format with a ``detect_folder(loc)``
+hook, in registry order, and read by the first that claims it (``read_location(loc, key=)``). A format whose
+file names other files (an ``*.index.json``) supplies ``read_location`` instead of ``read``, and reads its
+members through the Location (never through a path of its own making) with :func:`read_file`, which it
+finds in :mod:`._members` (set here) so that a format never imports the registry.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +15,23 @@ from collections.abc import Iterable
 from types import ModuleType
 
 from ..checkpoint import Checkpoint
-from ..errors import CkptError, CorruptFileError, UnsupportedFormatError
-from ..sources import Source, open_source
-from . import dcp, onnx, safetensors, torch_legacy, torch_zip, unpickler
+from ..errors import CkptError, CorruptFileError, UnreadableError, UnsupportedFormatError
+from ..sources import Location, Source, open_location, open_source
+from . import _members, dcp, hf_index, onnx, safetensors, torch_legacy, torch_zip, unpickler
 
 # The registry: format name -> its module (``NAME``, ``detect(head, size)``, ``read(source, key=)``,
-# optionally ``findings``; a format that is a folder adds ``detect_folder(path)`` and ``read_location(path, key=)``).
-# Detection runs in this order. Adding a format is one module plus one line here.
+# optionally ``findings``, ``scan(ctx)``; a format of several files: ``read_location(loc, key=)`` and, for a
+# folder, ``detect_folder(loc)``). Detection runs in this order (folders too: the first format whose
+# detect_folder claims one reads it). Adding a format is one module plus one line here.
 FORMATS: dict[str, ModuleType] = {
     torch_zip.NAME: torch_zip,
     torch_legacy.NAME: torch_legacy,
     safetensors.NAME: safetensors,
+    hf_index.NAME: hf_index,
     onnx.NAME: onnx,
     dcp.NAME: dcp,
 }
-READERS = {name: module.read for name, module in FORMATS.items()}
+READERS = {name: module.read for name, module in FORMATS.items() if hasattr(module, "read")}
 
 
 def detect(head: bytes, size: int) -> str | None:
@@ -70,18 +80,22 @@ def sniff(src: Source) -> str:
 
 
 def open_checkpoint(
-    path: str | os.PathLike[str], *, key: str | None = None, allow_globals: Iterable[str] = ()
+    path: str | os.PathLike[str] | Location, *, key: str | None = None, allow_globals: Iterable[str] = ()
 ) -> Checkpoint:
     """Read a checkpoint's metadata without trusting it and without reading tensor bytes.
 
     ``key`` selects the state_dict inside a training checkpoint (a key of the root, or a dotted path);
     by default the conventional key holding the largest mapping of tensors is used. ``allow_globals`` adds
     pickle globals to record as opaque data (see :func:`ckptool.allow_globals`). Every error names the file.
+
+    ``path`` may be a file, a folder (a sharded Hugging Face checkpoint, ...) or an ``*.index.json``, or a
+    :class:`~ckptool.sources.Location`; a checkpoint of several files lists them in ``Checkpoint.files``.
     """
-    path = os.fspath(path)
+    loc = open_location(path)
+    path = loc.name
     with unpickler.allow_globals(*allow_globals):
         try:
-            return _open(path, key)
+            return _open(loc, key)
         except CkptError as e:
             if e.path is None:  # raised below the reader (the unpickler): say which file
                 e.path = path
@@ -89,17 +103,47 @@ def open_checkpoint(
             raise
 
 
-def _open(path: str, key: str | None) -> Checkpoint:
-    if os.path.isdir(path):
+def _open(loc: Location, key: str | None) -> Checkpoint:
+    if loc.is_folder:
         for module in FORMATS.values():
-            hook = getattr(module, "detect_folder", None)
-            if hook is not None and hook(path):
-                return module.read_location(path, key=key)  # type: ignore[no-any-return]
-    with open_source(path, allow_empty=False) as src:
+            claims = getattr(module, "detect_folder", None)
+            if claims is not None and claims(loc):
+                ck: Checkpoint = module.read_location(loc, key=key)
+                return ck
+        raise UnreadableError(
+            "is a directory that holds no checkpoint ckptool recognises (no *.index.json, no weight file)",
+            path=loc.name,
+        )
+    return read_file(loc, None, key=key)
+
+
+def read_file(loc: Location, full: str | None, *, key: str | None = None) -> Checkpoint:
+    """Read one file of ``loc`` with its format's reader: the location's own file (``full`` None) or a name
+    :meth:`Location.resolve` returned (a shard)."""
+    src = loc.open() if full is None else loc.open_path(full)
+    path = src.name
+    try:
         fmt = sniff(src)
-        try:
-            return READERS[fmt](src, key=key)
-        except RecursionError:
-            raise CorruptFileError("structure nests too deeply", path=path) from None
-        except MemoryError:
-            raise CorruptFileError("file asks for more memory than it can hold", path=path) from None
+        module = FORMATS[fmt]
+        if fmt not in READERS:  # a file that names others (an index): read through its Location
+            if full is not None:
+                raise UnsupportedFormatError(f"a {fmt} file cannot be a member of another checkpoint", path=path)
+            ck: Checkpoint = module.read_location(loc, key=key)
+            return ck
+        ck = READERS[fmt](src, key=key)
+    except RecursionError:
+        raise CorruptFileError("structure nests too deeply", path=path) from None
+    except MemoryError:
+        raise CorruptFileError("file asks for more memory than it can hold", path=path) from None
+    except CkptError as e:
+        if e.path is None:  # raised below the reader (the unpickler): say which file
+            e.path = path
+            e.args = (e.render(),)
+        raise
+    finally:
+        src.close()
+    ck.opener = loc.open_path
+    return ck
+
+
+_members.READ_FILE = read_file

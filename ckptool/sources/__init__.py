@@ -6,6 +6,8 @@ zero-copy view when the bytes are local, a whole-file buffer for header walks, a
 that is not a local file (HTTP range reads, a later issue) plugs in here without touching the formats.
 
 :func:`open_source` opens a local file (:class:`LocalFile`); :class:`MemorySource` serves bytes in memory.
+A :class:`Location` (:mod:`.location`) is what the user typed (a file or a folder): it lists a folder and opens
+the files in it as Sources, refusing names that escape it; :func:`open_location` picks one for a string.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ from __future__ import annotations
 from typing import IO, Any, Protocol
 
 from .local import CHUNK, LocalFile, open_source
+from .location import LocalLocation, Location, check_relative, open_location, register_scheme
 from .memory import MemorySource
 
-__all__ = ["CHUNK", "LocalFile", "MemorySource", "Source", "open_source"]
+__all__ = [
+    "CHUNK", "LocalFile", "LocalLocation", "Location", "MemorySource", "Source", "check_relative", "open_location",
+    "open_source", "register_scheme",
+]  # fmt: skip
 
 
 class Source(Protocol):
