@@ -165,7 +165,7 @@ def test_a_shard_symlinked_out_of_the_folder(tmp_path: Path, hf_sharded: Callabl
     shard.symlink_to(outside)
     with pytest.raises(UnsafeFileError, match="resolves outside the folder"):
         open_checkpoint(folder)
-    assert [f[0] for f in _findings(folder)][0] == "index-escape"
+    assert next(f[0] for f in _findings(folder)) == "index-escape"
 
 
 def test_the_index_file_is_detected_by_content(tmp_path: Path, hf_sharded: Callable[..., Path]) -> None:
