@@ -7,18 +7,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import CkptError, FindingsError
+from ..errors import FindingsError
 from ._errors import error_object
 from ._options import AllowGlobalOpt, JsonOpt
 from ._output import Output, Part, plural, start
 
 if TYPE_CHECKING:
     from ..scan import ScanReport
+    from ..scanset import Skipped
 
 PathsArg = Annotated[
     list[Path],
     typer.Argument(
-        help="Weight files: .pth/.pt/.bin/.ckpt (torch zip or legacy), pickles, .safetensors, .onnx.",
+        help="Weight files (.pth/.pt/.bin/.ckpt torch zip or legacy, pickles, .safetensors, .onnx), folders (walked "
+        "recursively: every file recognised by its content) and globs ('weights/**/*.bin').",
         show_default=False,
     ),
 ]
@@ -72,47 +74,82 @@ def _render(o: Output, r: ScanReport) -> None:
         o.line(f"  note: {n}")
 
 
+JobsOpt = Annotated[
+    int,
+    typer.Option(
+        "--jobs",
+        "-j",
+        min=0,
+        help="Scan this many files at once, in separate processes (0: one per CPU). The output order does not "
+        "depend on it.",
+    ),
+]
+
+
+def _render_skipped(o: Output, skipped: list[Skipped]) -> None:
+    by_reason: dict[str, list[str]] = {}
+    for s in skipped:
+        by_reason.setdefault(s.reason, []).append(s.path)
+    for reason, paths in by_reason.items():
+        shown = ", ".join(paths[:5]) + (f", ... ({len(paths) - 5} more)" if len(paths) > 5 else "")
+        o.line(f"skipped {plural(len(paths), 'path')} ({reason}): {shown}")
+
+
 def scan(
     paths: PathsArg,
     no_values: NoValuesOpt = False,
     strict: StrictOpt = False,
+    jobs: JobsOpt = 1,
     json_: JsonOpt = False,
     allow_global: AllowGlobalOpt = None,
 ) -> None:
     """Static safety and integrity scan for CI: every pickle and every global it references (safe / dangerous /
     unknown), hidden pickles, NaN/Inf and negative running_var, zip and safetensors structure, ONNX external data,
-    and the file-name hash (a warning unless --strict). Never unpickles. Exit 0 clean (warnings aside), 1 findings,
-    2 could not scan."""
-    from ..scan import scan as scan_file
+    and the file-name hash (a warning unless --strict). Never unpickles. Folders are walked and globs expanded:
+    every file recognised by its content is scanned, the rest is listed as skipped. Exit 0 clean (warnings aside),
+    1 findings, 2 could not scan."""
+    import os
+
+    from ..scan import DEFAULT_WARN
+    from ..scanset import ScanFailure, ScanOptions, scan_paths
 
     o = start(json_)
+    options = ScanOptions(
+        values=not no_values,
+        warn=frozenset() if strict else DEFAULT_WARN,
+        allow_globals=tuple(allow_global or ()),
+    )
+    run = scan_paths(paths, options, jobs=jobs or os.cpu_count() or 1)
     files: list[dict[str, Any]] = []
     first_error: dict[str, Any] | None = None
     clean = dirty = failed = 0
-    for p in paths:
-        try:
-            report = scan_file(p, values=not no_values, strict=strict)
-        except CkptError as e:
+    for r in run.results:
+        if isinstance(r, ScanFailure):
             failed += 1
-            o.error(e.render())
-            err = error_object(type(e).__name__, e.message, e.path, e.hint)
-            first_error = first_error or err
-            files.append({"path": str(p), "safe": False, "error": e.render(), "globals": [], "findings": []})
+            o.error(r.error)
+            first_error = first_error or error_object(r.type, r.message, r.path, r.hint)
+            files.append({"path": r.path, "safe": False, "error": r.error, "globals": [], "findings": []})
             continue
-        if report.safe:
+        if r.safe:
             clean += 1
         else:
             dirty += 1
         if json_:
-            files.append(report.to_dict())
+            files.append(r.to_dict())
         else:
-            _render(o, report)
+            _render(o, r)
+    total = clean + dirty + failed
     if json_:
-        # one object: the files, and (exit 2) the first error in the shape every command uses
-        o.json({"files": files, **(first_error or {})})
-    elif len(paths) > 1:
-        o.line(f"scanned {len(paths)} files: {clean} clean, {dirty} with findings, {failed} could not be scanned")
+        # one object: the files, the skipped paths, and (exit 2) the first error in the shape every command uses
+        o.json({"files": files, "skipped": [s.to_dict() for s in run.skipped], **(first_error or {})})
+    else:
+        _render_skipped(o, run.skipped)
+        if total > 1 or run.skipped:
+            summary = (
+                f"scanned {plural(total, 'file')}: {clean} clean, {dirty} with findings, {failed} could not be scanned"
+            )
+            o.line(summary + (f", {len(run.skipped)} skipped" if run.skipped else ""))
     if failed:
         raise typer.Exit(2)
     if dirty:
-        raise FindingsError(f"{dirty} of {len(paths)} files with findings")
+        raise FindingsError(f"{dirty} of {total} files with findings")

@@ -1,0 +1,306 @@
+"""Scan many paths for CI: files, folders (recursively) and globs, by content, in parallel (torch-free).
+
+:func:`expand` turns what a user typed into the files to scan and the files it skips, with the reason:
+a folder is walked (sorted, version-control folders and virtual environments left out, symlinked folders not
+followed); a glob (``weights/**/*.bin``) is expanded; every file found that way is recognised by its first
+bytes through the formats registry (never by its extension), and anything else is skipped with the reader's
+own reason ("a gzip file", "not a checkpoint ckptool recognises", ...). A file named explicitly is always
+scanned: if it is not a weight file, that is an error (exit 2), as before.
+
+A folder is also offered to every registered format with a folder-level hook (``detect_folder(loc)`` and
+``scan_folder(ctx)``: a sharded-model folder's index rules, a DCP folder): its findings are a report of their
+own, named by the folder. The walker never knows a format.
+
+:func:`scan_paths` scans the targets, in ``jobs`` processes when asked, and returns the reports in the order
+of the targets (deterministic, whatever the scheduling).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import CkptError, UnreadableError
+from .scan import DEFAULT_WARN, ERROR, Finding, ScanReport
+
+SKIP_FOLDERS = frozenset({".git", ".hg", ".svn", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"})
+HEAD = 4096
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A path the walk did not scan, and why."""
+
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class ScanFailure:
+    """A file that could not be scanned (exit 2): the error, rendered as one line."""
+
+    path: str
+    error: str  # "path: message (hint)"
+    type: str
+    message: str
+    hint: str | None = None
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """How each file is scanned: what the CLI flags and the policy file decide."""
+
+    values: bool = True
+    warn: frozenset[str] = DEFAULT_WARN  # finding kinds reported as warnings
+    allow_globals: tuple[str, ...] = ()
+    max_file_size: int | None = None  # bytes; a larger file is a finding and is not read
+    allowed_formats: frozenset[str] | None = None  # None: any format
+
+
+@dataclass(frozen=True)
+class Target:
+    path: str
+    explicit: bool  # named on the command line (an unrecognised file is an error, not a skip)
+    folder: bool = False  # a folder offered to the folder-level hooks
+
+
+@dataclass
+class ScanRun:
+    """What :func:`scan_paths` returns: one result per target (in order), and the skipped paths."""
+
+    results: list[ScanReport | ScanFailure] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def reports(self) -> list[ScanReport]:
+        return [r for r in self.results if isinstance(r, ScanReport)]
+
+    @property
+    def failures(self) -> list[ScanFailure]:
+        return [r for r in self.results if isinstance(r, ScanFailure)]
+
+
+# --------------------------------------------------------------------------------------------
+# What to scan
+# --------------------------------------------------------------------------------------------
+def _has_magic(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def recognise(path: str) -> str | None:
+    """None when the file looks like something scan reads (a registered format, or a pickle stream);
+    otherwise why it is skipped."""
+    from .formats.sniff import detect, sniff_bytes
+    from .formats.unpickler import collect_globals
+
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        if st.st_size == 0:
+            return "empty file"
+        with open(path, "rb") as fh:
+            head = fh.read(HEAD)
+    except OSError as e:
+        return f"cannot read it ({e.strerror or e})"
+    if detect(head, st.st_size) is not None:
+        return None
+    w = collect_globals(head, 0, len(head))
+    if w.complete or w.globals or w.extensions or w.unresolved:  # a pickle stream (pickle.dump output)
+        return None
+    if w.opcodes > 2 and w.end >= len(head) - 1:  # a pickle still going past the head: let scan decide
+        return None
+    try:
+        sniff_bytes(head, st.st_size)
+    except CkptError as e:
+        return e.message
+    return "not a weight file"  # pragma: no cover - sniff_bytes raises for anything detect refuses
+
+
+def _walk(folder: str, targets: list[Target], skipped: list[Skipped]) -> None:
+    targets.append(Target(folder, explicit=False, folder=True))
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        keep = []
+        for d in sorted(dirs):
+            full = os.path.join(root, d)
+            if d in SKIP_FOLDERS:
+                skipped.append(Skipped(full, "version-control or cache folder"))
+            elif os.path.islink(full):
+                skipped.append(Skipped(full, "symlink to a folder (not followed)"))
+            elif os.path.exists(os.path.join(full, "pyvenv.cfg")):
+                skipped.append(Skipped(full, "a Python virtual environment"))
+            else:
+                keep.append(d)
+        dirs[:] = keep
+        if root != folder:
+            targets.append(Target(root, explicit=False, folder=True))
+        for f in sorted(files):
+            full = os.path.join(root, f)
+            why = recognise(full)
+            if why is None:
+                targets.append(Target(full, explicit=False))
+            else:
+                skipped.append(Skipped(full, why))
+
+
+def expand(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Target | ScanFailure], list[Skipped]]:
+    """The targets (files and folders, in the order of the arguments, each once) interleaved with the arguments
+    that name nothing (a glob without a match, a folder with no weight file), and the skipped paths."""
+    items: list[Target | ScanFailure] = []
+    skipped: list[Skipped] = []
+    for raw in paths:
+        p = os.fspath(raw)
+        targets: list[Target] = []
+        if not os.path.lexists(p) and _has_magic(p):
+            matches = sorted(glob.glob(p, recursive=True))
+            if not matches:
+                items.append(_failure(p, UnreadableError("no file matches this pattern", path=p)))
+            for m in matches:
+                if os.path.isdir(m):
+                    _walk(m, targets, skipped)
+                elif (why := recognise(m)) is None:
+                    targets.append(Target(m, explicit=False))
+                else:
+                    skipped.append(Skipped(m, why))
+        elif os.path.isdir(p):
+            n = len(skipped)
+            _walk(p, targets, skipped)
+            if not any(not t.folder for t in targets):
+                hint = f"{len(skipped) - n} files skipped" if len(skipped) > n else "it is empty"
+                msg = "is a directory that holds no weight file ckptool recognises"
+                items.append(_failure(p, UnreadableError(msg, path=p, hint=hint)))
+                continue
+        else:
+            targets.append(Target(p, explicit=True))
+        items.extend(targets)
+    seen: set[tuple[str, bool]] = set()
+    unique: list[Target | ScanFailure] = []
+    for t in items:
+        if isinstance(t, Target):
+            key = (os.path.realpath(t.path), t.folder)
+            if key in seen:
+                continue
+            seen.add(key)
+        unique.append(t)
+    return unique, skipped
+
+
+# --------------------------------------------------------------------------------------------
+# Scanning
+# --------------------------------------------------------------------------------------------
+class _FolderContext:
+    """What a format's ``scan_folder(ctx)`` hook may use: the folder, its Location, and the report."""
+
+    def __init__(self, path: str, loc: Any, options: ScanOptions) -> None:
+        self.path = path
+        self.loc = loc
+        self.values = options.values
+        self.warn = options.warn
+        self.report = ScanReport(path=path, format="folder")
+
+    def set_format(self, name: str) -> None:
+        self.report.format = name
+
+    def note(self, text: str) -> None:
+        self.report.notes.append(text)
+
+    def find(self, kind: str, message: str, where: str | None = None) -> None:
+        sev = "warning" if kind in self.warn else ERROR
+        self.report.findings.append(Finding(kind, message, where, sev))
+
+
+def _scan_folder(path: str, options: ScanOptions) -> list[ScanReport]:
+    """The folder-level hooks of the registered formats that claim this folder (none: no report)."""
+    from . import sources
+    from .formats.sniff import FORMATS
+
+    opener = getattr(sources, "open_location", None)
+    out = []
+    for module in FORMATS.values():
+        detect_folder = getattr(module, "detect_folder", None)
+        hook = getattr(module, "scan_folder", None)
+        if detect_folder is None or hook is None or opener is None:
+            continue
+        loc = opener(path)
+        if not detect_folder(loc):
+            continue
+        ctx = _FolderContext(path, loc, options)
+        hook(ctx)
+        if ctx.report.findings or ctx.report.notes:
+            out.append(ctx.report)
+    return out
+
+
+def _failure(path: str, e: CkptError) -> ScanFailure:
+    return ScanFailure(path, e.render(), type(e).__name__, e.message, e.hint)
+
+
+def _size_report(path: str, size: int, limit: int) -> ScanReport:
+    r = ScanReport(path=path, format="unknown")
+    r.findings.append(
+        Finding("file-too-large", f"{size:,} bytes, over the policy's max-file-size of {limit:,}: not read")
+    )
+    return r
+
+
+def scan_one(target: Target, options: ScanOptions) -> list[ScanReport | ScanFailure]:
+    """Scan one target (a file, or a folder's folder-level hooks). Never raises a CkptError: it is a result."""
+    from .formats.unpickler import allow_globals
+    from .scan import scan
+
+    try:
+        with allow_globals(*options.allow_globals):
+            if target.folder:
+                return list(_scan_folder(target.path, options))
+            if options.max_file_size is not None:
+                try:
+                    size = os.stat(target.path).st_size
+                except OSError:
+                    size = -1
+                if size > options.max_file_size:
+                    return [_size_report(target.path, size, options.max_file_size)]
+            report = scan(target.path, values=options.values, warn=options.warn)
+    except CkptError as e:
+        return [_failure(target.path, e)]
+    allowed = options.allowed_formats
+    if allowed is not None and report.format not in allowed:
+        kind = "format-not-allowed"
+        sev = "warning" if kind in options.warn else ERROR
+        report.findings.insert(
+            0,
+            Finding(kind, f"the format is {report.format}; the policy allows {', '.join(sorted(allowed))}", None, sev),
+        )
+    return [report]
+
+
+def scan_paths(
+    paths: Sequence[str | os.PathLike[str]], options: ScanOptions | None = None, *, jobs: int = 1
+) -> ScanRun:
+    """Expand ``paths`` (files, folders, globs) and scan every target; ``jobs`` > 1 scans in that many processes.
+    The results come in the order of the targets whatever ``jobs`` is."""
+    options = options or ScanOptions()
+    items, skipped = expand(paths)
+    run = ScanRun(skipped=skipped)
+    files = sum(isinstance(t, Target) and not t.folder for t in items)
+
+    def one(item: Target | ScanFailure) -> list[ScanReport | ScanFailure]:
+        return [item] if isinstance(item, ScanFailure) else scan_one(item, options)
+
+    if jobs > 1 and files > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(jobs, files)) as pool:
+            futures = [None if isinstance(t, ScanFailure) else pool.submit(scan_one, t, options) for t in items]
+            for item, fut in zip(items, futures, strict=True):
+                run.results.extend(one(item) if fut is None else fut.result())
+    else:
+        for item in items:
+            run.results.extend(one(item))
+    return run
