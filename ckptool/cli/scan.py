@@ -140,8 +140,9 @@ def scan(
             _render(o, r)
     total = clean + dirty + failed
     if json_:
-        # one object: the files, the skipped paths, and (exit 2) the first error in the shape every command uses
-        o.json({"files": files, "skipped": [s.to_dict() for s in run.skipped], **(first_error or {})})
+        # one object: the files, the skipped paths (when a folder or glob skipped any), and (exit 2) the first error in the shape every command uses
+        skipped = {"skipped": [s.to_dict() for s in run.skipped]} if run.skipped else {}
+        o.json({"files": files, **skipped, **(first_error or {})})
     else:
         _render_skipped(o, run.skipped)
         if total > 1 or run.skipped:
