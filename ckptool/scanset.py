@@ -124,6 +124,31 @@ def recognise(path: str) -> str | None:
     return "not a weight file"  # pragma: no cover - sniff_bytes raises for anything detect refuses
 
 
+def _owned_files(folder: str) -> dict[str, str]:
+    """Files that a folder format scans through its own entry point (a DCP folder's ``*.distcp``, read through
+    ``.metadata``): realpath -> why they are not scanned as files of their own. Through the registry: a format
+    with ``detect_folder(loc)`` and ``member_files(loc)``."""
+    from . import sources
+    from .formats.sniff import FORMATS
+
+    opener = getattr(sources, "open_location", None)
+    out: dict[str, str] = {}
+    for name, module in FORMATS.items():
+        detect_folder = getattr(module, "detect_folder", None)
+        members = getattr(module, "member_files", None)
+        if opener is None or detect_folder is None or members is None:
+            continue
+        try:
+            loc = opener(folder)
+            if not detect_folder(loc):
+                continue
+            for p in members(loc):
+                out.setdefault(os.path.realpath(p), f"part of the {name} checkpoint in {folder}, scanned through it")
+        except CkptError:
+            continue
+    return out
+
+
 def _walk(folder: str, targets: list[Target], skipped: list[Skipped]) -> None:
     targets.append(Target(folder, explicit=False, folder=True))
     for root, dirs, files in os.walk(folder, followlinks=False):
@@ -141,9 +166,10 @@ def _walk(folder: str, targets: list[Target], skipped: list[Skipped]) -> None:
         dirs[:] = keep
         if root != folder:
             targets.append(Target(root, explicit=False, folder=True))
+        owned = _owned_files(root)
         for f in sorted(files):
             full = os.path.join(root, f)
-            why = recognise(full)
+            why = owned.get(os.path.realpath(full)) or recognise(full)
             if why is None:
                 targets.append(Target(full, explicit=False))
             else:

@@ -119,7 +119,6 @@ def test_each_file_once(tree: Path) -> None:
 def test_folder_hooks_through_the_registry(cli, tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A registered format with a folder-level hook gets every walked folder it claims; its findings are a
     report named by the folder (the walker names no format)."""
-    import ckptool.sources as sources
     from ckptool.formats.sniff import FORMATS
 
     seen = []
@@ -132,12 +131,10 @@ def test_folder_hooks_through_the_registry(cli, tree: Path, monkeypatch: pytest.
     fake = types.SimpleNamespace(
         NAME="fake-folder",
         detect=lambda head, size: False,
-        detect_folder=lambda loc: str(loc).endswith("v1"),
+        detect_folder=lambda loc: loc.name.endswith("v1"),
         scan_folder=scan_folder,
     )
     monkeypatch.setitem(FORMATS, "fake-folder", fake)
-    if not hasattr(sources, "open_location"):
-        monkeypatch.setattr(sources, "open_location", lambda p: p, raising=False)
     r = cli("scan", "--json", tree / "models")
     files = json.loads(r.stdout)["files"]
     folder = [f for f in files if f["format"] == "fake-folder"]
@@ -152,3 +149,22 @@ def test_library(tree: Path) -> None:
     run = scan_paths([tree], ScanOptions(values=False), jobs=2)
     assert len(run.reports) == 4 and not run.failures
     assert sum(not r.safe for r in run.reports) == 1
+
+
+def test_dcp_folder_scanned_through_its_metadata(cli, tmp_path: Path) -> None:
+    """A torch.distributed.checkpoint folder: .metadata (a dot-file) is scanned, with every storage file it
+    names; the .distcp files are not scanned as files of their own (they are archives back to back)."""
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"w": torch.randn(4, 4), "b": torch.zeros(4)}, checkpoint_id=str(tmp_path / "ck"), no_dist=True)
+    r = cli("scan", "--json", tmp_path)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    obj = json.loads(r.stdout)
+    assert [(Path(f["path"]).name, f["format"]) for f in obj["files"]] == [(".metadata", "dcp")]
+    assert [Path(s["path"]).name for s in obj["skipped"]] == ["__0_0.distcp"]
+    assert "part of the dcp checkpoint" in obj["skipped"][0]["reason"]

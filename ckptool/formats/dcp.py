@@ -137,6 +137,13 @@ def detect_folder(where: Any) -> bool:
         return False
 
 
+def member_files(where: Any) -> list[str]:
+    """The storage files of a DCP folder: a folder scan reads them through ``.metadata`` (:func:`scan`), not as
+    files of their own (a ``.distcp`` is archives back to back, no file a reader opens alone)."""
+    path = os.fspath(getattr(where, "name", where))
+    return [os.path.join(path, n) for n in sorted(os.listdir(path)) if n.endswith(".distcp")]
+
+
 # -- the metadata, as data ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Chunk:
