@@ -6,7 +6,9 @@ archives, and a scanner that reads another archive than the loader protects noth
 miniz's rules, step by step (``third_party/miniz-3.0.2/miniz.c``):
 
 - **End record:** the *last* ``PK\\5\\6`` signature with at least 22 bytes after it, searched backwards in
-  4096-byte blocks (overlapping by 3) until the search has gone 65,557 bytes back; no check of the comment.
+  4096-byte blocks (overlapping by 3) until the search has gone 65,557 bytes back, or would start before byte 0
+  (an unsigned wrap in miniz: a file of less than 8 KB is searched in its last 4096 bytes only); no check of
+  the comment.
 - **zip64:** a ``PK\\6\\7`` locator 20 bytes before the end record whose record offset is at most
   ``size - 56`` (else: not an archive), and a ``PK\\6\\6`` record there; then the zip64 counts, size and offset
   replace the 32-bit ones, whatever those say.
@@ -360,8 +362,8 @@ def _tail_span(size: int) -> int:
     """How far back from the end miniz's end-record search can reach: it stops after a block that starts
     65,557 (0xFFFF + 22) or more bytes before the end."""
     cur = max(size - SEARCH_BLOCK, 0)
-    while cur and size - cur < U16 + EOCD_SIZE:
-        cur = max(cur - (SEARCH_BLOCK - 3), 0)
+    while cur and size - cur < U16 + EOCD_SIZE and cur >= SEARCH_BLOCK - 3:
+        cur -= SEARCH_BLOCK - 3
     return size - cur
 
 
@@ -378,7 +380,11 @@ def find_eocd(tail: bytes, tail_offset: int, size: int) -> int | None:
             i = block.rfind(b"PK\x05\x06", 0, i + 3)
         if not cur or size - cur >= U16 + EOCD_SIZE:
             return None
-        cur = max(cur - (SEARCH_BLOCK - 3), 0)
+        # ``MZ_MAX(cur_file_ofs - (sizeof(buf_u32) - 3), 0)`` subtracts a size_t: below zero it wraps, the read
+        # at that offset fails, and miniz gives up (torch 2.13 behaves so: measured)
+        cur -= SEARCH_BLOCK - 3
+        if cur < 0:
+            return None
 
 
 def open_archive(src: Source, *, max_entries: int = MAX_ENTRIES) -> Archive:
@@ -896,16 +902,116 @@ def read_member(src: Source, offset: int, e: Entry, *, max_bytes: int, check_crc
 
 
 def torch_view(ar: Archive) -> dict[str, Any]:
-    """What ``torch._C.PyTorchFileReader`` would list: the archive name and its records (for tests)."""
+    """What ``torch._C.PyTorchFileReader`` would list: the archive name and its records (``get_all_records``:
+    names as C strings, every one under the archive name, ``.debug_pkl`` records left out)."""
     prefix = ar.prefix
     if prefix is None:
         raise ZipError("the first entry is not in a folder")
     names = []
     for e in ar.entries:
         c = e.cname
-        if not c.startswith(prefix + b"/"):
+        if not c.startswith(prefix.split(b"\0")[0] + b"/"):
             raise ZipError(f"entry {c!r} is not under the archive name {prefix!r}")
         rest = c[len(prefix) + 1 :]
         if not rest.endswith(b".debug_pkl"):
             names.append(rest)
     return {"prefix": prefix, "records": names}
+
+
+# ---- PyTorchFileReader's own steps, for the differential tests (what torch accepts, reads and returns) ----
+def torch_open_checks(ar: Archive, src: Source) -> None:
+    """``PyTorchStreamReader::init`` after miniz: an archive name, the serialization id and the version
+    record read (``.data/version``, else ``version``), the version parsed like ``std::stoull`` and in [1, 10]."""
+    if not ar.entries:
+        raise ZipError("archive does not contain any files")
+    if ar.prefix is None:
+        raise ZipError("file in archive is not in a subdirectory")
+    sid = ar.record(".data/serialization_id")
+    if sid is not None:
+        torch_record_bytes(ar, src, sid)
+    ver = ar.record(".data/version") or ar.record("version")
+    if ver is None:
+        raise ZipError("no version record")
+    text = torch_record_bytes(ar, src, ver)
+    i = 0
+    while i < len(text) and text[i] in b" \t\n\v\f\r":
+        i += 1
+    neg = i < len(text) and text[i : i + 1] == b"-"
+    if i < len(text) and text[i : i + 1] in (b"+", b"-"):
+        i += 1
+    j = i
+    while j < len(text) and 48 <= text[j] <= 57:
+        j += 1
+    if j == i:
+        raise ZipError(f"cannot parse the version {text!r}")
+    value = -int(text[i:j]) if neg else int(text[i:j])
+    if not 1 <= value <= 10:
+        raise ZipError(f"unsupported version {value}")
+
+
+def _torch_stat(e: Entry) -> None:
+    """``mz_zip_reader_file_stat``: it calls ``mz_zip_reader_is_file_supported``, which sets miniz's error for an
+    unsupported method, encryption or a patch, and torch's ``valid()`` then throws."""
+    if e.method not in (0, 8) or e.flags & 0x61:
+        raise ZipError("unsupported record (method, encryption or patch)")
+
+
+def torch_record_offset(ar: Archive, e: Entry) -> int:
+    """``getRecordOffset``: the local header's lengths, read without checking its signature."""
+    _torch_stat(e)
+    h = e.header_offset
+    if h + LDH_SIZE > ar.size:
+        raise ZipError("cannot read the local header")
+    nl, el = struct.unpack("<HH", ar.peek(h + 26, 4))
+    return h + LDH_SIZE + nl + el
+
+
+class Unspecified(Exception):
+    """torch returns a buffer it never filled (a broken deflate stream: miniz stops without setting an error)."""
+
+
+def torch_record_bytes(ar: Archive, src: Source, e: Entry) -> bytes:
+    """``getRecord`` (``mz_zip_reader_extract_to_mem``, CRC checks compiled out): the bytes torch returns, or
+    ZipError where it fails. A directory or an empty record returns ``b""`` (torch: an uninitialised buffer).
+    miniz stops inflating when the claimed size is reached and sets no error for a stream that runs longer
+    (torch returns the first ``size`` bytes) or that breaks (:class:`Unspecified`); a stream that ends short
+    is an error ("unexpected decompressed size")."""
+    _torch_stat(e)
+    size, comp = e.size, e.comp_size
+    if e.is_dir or e.h[15] & 0x10 or not comp:
+        return b""
+    lh = ar.local_header(e)
+    if lh is None:
+        raise ZipError("bad local header")
+    off = e.header_offset + LDH_SIZE + lh[9] + lh[10]
+    if off + comp > ar.size:
+        raise ZipError("record past the end")
+    if e.method == 0:
+        if off + size > ar.size:
+            raise ZipError("short read")
+        return src.read(off, size)
+    out, status = inflate_as_miniz(src.read(off, comp), size)
+    if status == "short":
+        raise ZipError("unexpected decompressed size")
+    if status == "broken":
+        raise Unspecified(e.name)
+    return out
+
+
+def inflate_as_miniz(data: bytes, size: int) -> tuple[bytes, str]:
+    """Inflate ``data`` into a buffer of ``size`` bytes as miniz does: ("ok" | "long" | "short" | "broken").
+    "long": the stream has more than ``size`` bytes (miniz returns the first ``size``, no error)."""
+    d = zlib.decompressobj(-15)
+    try:
+        out = d.decompress(data, size)
+    except zlib.error:
+        return b"", "broken"
+    if len(out) == size:
+        if d.eof:
+            return out, "ok"
+        try:
+            more = d.decompress(d.unconsumed_tail, 1)
+        except zlib.error:
+            return out, "long"
+        return out, "long" if more or not d.eof else "ok"
+    return out, "short" if d.eof else "broken"

@@ -9,6 +9,7 @@ absolute file offset) but not read. An archive that a plain reader would read di
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -406,9 +407,32 @@ def _scan_member(ctx: ScanContext, ar: zr.Archive, e: zr.Entry, is_torch_pkl: bo
         ctx.find("zip-corrupt", err.reason, name)
         return
     if pkl or head in magic:
-        data = _member_bytes(ctx.src, ar, e, ctx.path, MAX_COMPRESSED_PICKLE, check_crc=False)  # bounded
+        if e.size > MAX_COMPRESSED_PICKLE:
+            raise CorruptFileError(
+                f"{name} is compressed and claims {e.size} bytes; ckptool inflates compressed pickles up to "
+                f"{MAX_COMPRESSED_PICKLE >> 20} MB (torch itself never compresses them)",
+                path=ctx.path,
+            )
+        # what torch unpickles: miniz inflates into a buffer of the claimed size, no more (and checks no CRC)
+        raw = ctx.src.read(off, min(e.comp_size, MAX_COMPRESSED_PICKLE + (1 << 20)))
+        data, status = zr.inflate_as_miniz(raw, e.size)
+        if status == "long":
+            ctx.find(
+                "parser-differential",
+                f"the deflate stream holds more than the {e.size} bytes the directory says: torch unpickles the "
+                "first ones, other readers the whole stream",
+                name,
+            )
+        elif status != "ok":
+            ctx.find("zip-corrupt", f"the deflate stream {'ends short' if status == 'short' else 'is broken'}", name)
         ctx.walk_stream(data, 0, len(data), name, None, probe=not pkl)
-        _scan_crc(ctx, e, off)
+        if status == "ok" and zlib.crc32(data) != e.crc:
+            ctx.find(
+                "zip-crc",
+                f"CRC-32 is {zlib.crc32(data):08x} but the directory says {e.crc:08x}: the record was modified or "
+                "damaged",
+                name,
+            )
         return
     if ctx.values or not is_storage:
         _scan_crc(ctx, e, off)

@@ -281,3 +281,17 @@ def test_the_entry_count_is_bounded_before_the_directory_is_read(tmp_path: Path,
     p = write(tmp_path, "many.pth", build([Member(b"a/version", b"3\n")], lay))
     r = cli("inspect", p)
     assert r.exit_code == 2 and f"{n:,} entries" in r.output and f"{zr.MAX_ENTRIES:,}" in r.output
+
+
+def test_a_deflated_data_pkl_longer_than_its_claimed_size_is_read_as_torch_reads_it(base, tmp_path: Path) -> None:
+    """miniz inflates into a buffer of the claimed size and stops there without an error: torch unpickles the
+    first ``size`` bytes of the stream."""
+    _path, members = base
+    ms = [
+        replace(m, data=EVIL2 + b"\x00" * 500, method=8, size=len(EVIL2)) if m.name == b"m/data.pkl" else m
+        for m in members
+    ]
+    p = write(tmp_path, "long.pth", build(ms))
+    assert torch_pkl(p) == EVIL2
+    report = scan(p)
+    assert "parser-differential" in kinds(report) and "posix.system" in dangerous(report)
