@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -86,6 +87,24 @@ JobsOpt = Annotated[
 ]
 
 
+class ScanFormat(str, Enum):
+    text = "text"
+    json = "json"
+    sarif = "sarif"
+
+
+FormatOpt = Annotated[
+    ScanFormat,
+    typer.Option(
+        "--format",
+        "-f",
+        help="text (default), json (= --json), or sarif: SARIF 2.1.0 for GitHub code scanning (rule ids per "
+        "finding kind, file URIs relative to $GITHUB_WORKSPACE or the current folder).",
+        show_default=False,
+    ),
+]
+
+
 def _render_skipped(o: Output, skipped: list[Skipped]) -> None:
     by_reason: dict[str, list[str]] = {}
     for s in skipped:
@@ -100,6 +119,7 @@ def scan(
     no_values: NoValuesOpt = False,
     strict: StrictOpt = False,
     jobs: JobsOpt = 1,
+    format_: FormatOpt = ScanFormat.text,
     json_: JsonOpt = False,
     allow_global: AllowGlobalOpt = None,
 ) -> None:
@@ -113,7 +133,9 @@ def scan(
     from ..scan import DEFAULT_WARN
     from ..scanset import ScanFailure, ScanOptions, scan_paths
 
-    o = start(json_)
+    json_ = json_ or format_ == ScanFormat.json
+    sarif = format_ == ScanFormat.sarif
+    o = start(json_ or sarif)
     options = ScanOptions(
         values=not no_values,
         warn=frozenset() if strict else DEFAULT_WARN,
@@ -136,10 +158,14 @@ def scan(
             dirty += 1
         if json_:
             files.append(r.to_dict())
-        else:
+        elif not sarif:
             _render(o, r)
     total = clean + dirty + failed
-    if json_:
+    if sarif:
+        from ..sarif import to_sarif
+
+        o.json(to_sarif(run))
+    elif json_:
         # one object: the files, the skipped paths (when a folder or glob skipped any), and (exit 2) the first error in the shape every command uses
         skipped = {"skipped": [s.to_dict() for s in run.skipped]} if run.skipped else {}
         o.json({"files": files, **skipped, **(first_error or {})})
