@@ -32,6 +32,7 @@ class Member:
     zip64: bool = False  # sizes and offset as 0xFFFFFFFF, values in a zip64 extra field (central)
     header_offset: int | None = None  # where the central record says the local header is; None: the truth
     external_attr: int = 0
+    body: bytes | None = None  # the stored bytes as given (with ``size`` and ``crc``): a record too big to hold plain
 
 
 @dataclass
@@ -60,8 +61,11 @@ def build(members: list[Member], layout: Layout | None = None) -> bytes:
     out = bytearray(lay.prefix)
     central = bytearray()
     for m in members:
-        body = _deflate(m.data) if m.method == 8 else m.data
-        crc = zlib.crc32(m.data)
+        if m.body is not None:
+            body, crc = m.body, m.crc or 0
+        else:
+            body = _deflate(m.data) if m.method == 8 else m.data
+            crc = zlib.crc32(m.data)
         lh = len(out)
         lname = m.name if m.local_name is None else m.local_name
         extra = m.local_extra
@@ -69,14 +73,15 @@ def build(members: list[Member], layout: Layout | None = None) -> bytes:
             start = lh + 30 + len(lname) + len(extra) + 4
             pad = (-start) % m.pad_to
             extra += b"FB" + struct.pack("<H", pad) + b"Z" * pad
-        lcrc, lcomp, lsize = m.local_fields if m.local_fields is not None else (crc, len(body), len(m.data))
+        plain = len(m.data) if m.body is None else (m.size or 0)
+        lcrc, lcomp, lsize = m.local_fields if m.local_fields is not None else (crc, len(body), plain)
         lmethod = m.method if m.local_method is None else m.local_method
         out += struct.pack(
             "<IHHHHHIIIHH", 0x04034B50, 20, m.flags, lmethod, m.time, 0x21, lcrc, lcomp, lsize, len(lname), len(extra)
         )
         out += lname + extra + body
         ccrc = crc if m.crc is None else m.crc
-        csize = len(m.data) if m.size is None else m.size
+        csize = plain if m.size is None else m.size
         ccomp = len(body)
         cho = lh if m.header_offset is None else m.header_offset
         cextra = b""

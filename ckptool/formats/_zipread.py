@@ -846,6 +846,7 @@ def member_chunks(
         inmv = memoryview(inbuf)
         pending = b""
         out = 0
+        fill = 0  # bytes waiting in buf: chunks are whole buffers (callers split them into elements)
         try:
             while out < want:
                 if not pending:
@@ -855,18 +856,23 @@ def member_chunks(
                     src.read_into(inpos, inmv[:k])
                     inpos += k
                     pending = bytes(inmv[:k])
-                piece = d.decompress(pending, min(len(buf), want - out))
+                piece = d.decompress(pending, min(len(buf) - fill, want - out))
                 pending = d.unconsumed_tail
                 if not piece:
                     if d.eof:
                         break
                     continue
                 n = len(piece)
-                mv[:n] = piece
+                mv[fill : fill + n] = piece
                 if check:
                     run = zlib.crc32(piece, run)
-                yield mv[:n]
+                fill += n
                 out += n
+                if fill == len(buf) or out == want:
+                    yield mv[:fill]
+                    fill = 0
+            if fill:
+                yield mv[:fill]
             if out < want:
                 raise ZipError(f"{name!r} inflates to {out} bytes, the directory says {size}")
             if limit is None and not d.eof and (pending or inpos < instop):
