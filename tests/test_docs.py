@@ -4,7 +4,8 @@ order, per page, in one scratch folder) and their output must be what the page s
 In a shown output, a line `...` stands for any number of lines, a line ending in ` ...` for any line that
 starts with the text before it (numbers that depend on the CPU), and timings (`0.32 s`, `4.4s`) are not
 compared. A page says which generated files it needs with an HTML comment:
-`<!-- docs-test: vgg16_bn -->` (full-size vgg16_bn.pth and vgg16_bn_legacy.pth), `<!-- docs-test: images -->`
+`<!-- docs-test: vgg16_bn -->` (full-size vgg16_bn.pth and vgg16_bn_legacy.pth), `<!-- docs-test: dcp -->` (the 2-rank DCP folder `dcp`
+and `consolidated.safetensors`), `<!-- docs-test: images -->`
 (photo.jpg, scan.png). `fixtures/` is the repository's. Commands run through bash (pipes work; stdout and
 stderr are shown together, as on a terminal) with the venv's `ckptool` first on PATH.
 """
@@ -97,6 +98,10 @@ def workdir(tmp_path: Path, request: pytest.FixtureRequest):
             files = request.getfixturevalue("vgg16_bn_files")
             (tmp_path / "vgg16_bn.pth").symlink_to(files["zip"])
             (tmp_path / "vgg16_bn_legacy.pth").symlink_to(files["legacy"])
+        if "dcp" in needs:  # the 2-rank torch.distributed.checkpoint run, and its consolidated state
+            run_dir = request.getfixturevalue("dcp_run")
+            (tmp_path / "dcp").symlink_to(run_dir / "dcp")
+            (tmp_path / "consolidated.safetensors").symlink_to(run_dir / "consolidated.safetensors")
         if "images" in needs:
             from PIL import Image
 
