@@ -82,7 +82,10 @@ def build(d: Path, layers: int, hidden: int) -> Path:
 
 def main() -> None:
     args = bench_args(
-        lambda ap: (ap.add_argument("--layers", type=int, default=12), ap.add_argument("--hidden", type=int, default=2048))
+        lambda ap: (
+            ap.add_argument("--layers", type=int, default=12),
+            ap.add_argument("--hidden", type=int, default=2048),
+        )
     )
     d = Path(args.dir)
     src = build(d, args.layers, args.hidden)

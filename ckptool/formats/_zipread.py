@@ -597,8 +597,13 @@ def multi_archive(ar: Archive | None, src: Source) -> str | None:
         return None
     e = eocd - (size - span)
     _s, _d, _cd, _here, _total, cd_size, cd_ofs, _cl = struct.unpack("<IHHHHIIH", tail[e : e + EOCD_SIZE])
-    start = eocd - cd_size - cd_ofs
-    if start > 0 and eocd - cd_size >= 0 and src.read(eocd - cd_size, 4) == b"PK\x01\x02":
+    anchor = eocd  # the central directory ends here, or at the zip64 end record (torch.save writes one)
+    z64 = eocd - Z64_LOC_SIZE - Z64_EOCD_SIZE
+    if z64 >= 0 and src.read(eocd - Z64_LOC_SIZE, 4) == b"PK\x06\x07" and src.read(z64, 4) == b"PK\x06\x06":
+        anchor = z64
+        cd_size, cd_ofs = struct.unpack("<QQ", src.read(z64 + 40, 16))
+    start = anchor - cd_size - cd_ofs
+    if start > 0 and anchor - cd_size >= 0 and src.read(anchor - cd_size, 4) == b"PK\x01\x02":
         return f"holds more than one zip archive: the last one starts at byte {start} and its offsets count from there"
     return None
 

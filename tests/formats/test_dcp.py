@@ -239,3 +239,89 @@ def test_a_metadata_pickle_naming_anything_else_is_refused(dcp_run: Path, tmp_pa
         open_checkpoint(folder)
     kinds = {f.kind for f in scan(folder / ".metadata").findings}
     assert "dangerous-global" in kinds  # torch.serialization is on the denylist
+
+
+# -- tilings a 2-rank run cannot make: a DCP folder written item by item with torch's own classes ------------
+def _write_dcp(folder: Path, tensors: dict[str, tuple[Any, list[tuple[tuple[int, ...], tuple[int, ...]]]]]) -> None:
+    """What FileSystemWriter writes, for chunks of any tiling: every chunk a torch.save archive back to back
+    in one ``__0_0.distcp``, and the Metadata that describes them."""
+    import io
+
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (
+        ChunkStorageMetadata,
+        Metadata,
+        MetadataIndex,
+        TensorProperties,
+        TensorStorageMetadata,
+    )
+
+    folder.mkdir()
+    data = io.BytesIO()
+    sdm: dict[str, Any] = {}
+    storage: dict[Any, Any] = {}
+    for name, (full, boxes) in tensors.items():
+        chunks = []
+        for offsets, sizes in boxes:
+            view = full[tuple(slice(o, o + s) for o, s in zip(offsets, sizes, strict=True))].clone()
+            start = data.tell()
+            torch.save(view, data)
+            chunks.append(ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes)))
+            storage[MetadataIndex(name, offsets)] = _StorageInfo("__0_0.distcp", start, data.tell() - start)
+        sdm[name] = TensorStorageMetadata(TensorProperties.create_from_tensor(full), full.size(), chunks)
+    (folder / "__0_0.distcp").write_bytes(data.getvalue())
+    meta = Metadata(state_dict_metadata=sdm, storage_data=storage, planner_data={k: (k,) for k in tensors})
+    (folder / ".metadata").write_bytes(pickle.dumps(meta))
+
+
+def _grid(shape: tuple[int, ...], cuts: tuple[tuple[int, ...], ...]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Boxes of a grid: ``cuts[d]`` are the starts along dim d (0 first)."""
+    import itertools
+
+    axes = [[(a, [*c, shape[d]][i + 1] - a) for i, a in enumerate(c)] for d, c in enumerate(cuts)]
+    return [(tuple(o for o, _ in box), tuple(s for _, s in box)) for box in itertools.product(*axes)]
+
+
+def test_two_d_and_three_d_tilings_reassemble_bit_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    g = torch.Generator().manual_seed(3)
+    tensors = {
+        "grid": (torch.randn(6, 10, generator=g), _grid((6, 10), ((0, 4), (0, 3, 7)))),  # 2 x 3 uneven blocks
+        "cube": (torch.randn(4, 3, 5, generator=g).to(torch.bfloat16), _grid((4, 3, 5), ((0, 1), (0, 2), (0, 4)))),
+        "rows": (torch.arange(12, dtype=torch.int32).reshape(4, 3), _grid((4, 3), ((0, 1, 3), (0,)))),
+    }
+    _write_dcp(tmp_path / "dcp", tensors)
+    state = {k: torch.zeros_like(v) for k, (v, _) in tensors.items()}  # torch reads the hand-written folder too
+    import torch.distributed.checkpoint as tdcp
+
+    with pytest.warns(UserWarning):
+        tdcp.load(state, checkpoint_id=str(tmp_path / "dcp"), no_dist=True)
+    for slab in (dcp.SLAB, 1):  # the default slab, and one row at a time
+        monkeypatch.setattr(dcp, "SLAB", slab)
+        with open_checkpoint(tmp_path / "dcp") as ck:
+            for name, (full, _) in tensors.items():
+                assert torch.equal(state[name], full)
+                assert ck.read_bytes(ck[name]) == _raw(full), (name, slab)
+
+
+def test_a_hand_written_gap_in_a_grid_is_refused(tmp_path: Path) -> None:
+    full = torch.randn(6, 10)
+    boxes = _grid((6, 10), ((0, 4), (0, 3, 7)))
+    _write_dcp(tmp_path / "dcp", {"grid": (full, boxes[:-1])})
+    with pytest.raises(CorruptFileError, match="cover 54 of its 60 elements"):
+        open_checkpoint(tmp_path / "dcp")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_distcp_file_alone_is_never_read_as_its_last_archive(dcp_run: Path, rank: int) -> None:
+    """A .distcp holds many torch.save archives back to back (its last one is a scalar): refused, with the hint."""
+    from typer.testing import CliRunner
+
+    from ckptool.cli.app import app
+
+    path = dcp_run / "dcp" / f"__{rank}_0.distcp"
+    with pytest.raises(CorruptFileError, match="more than one zip archive") as e:
+        open_checkpoint(path)
+    assert "torch.distributed.checkpoint shard" in (e.value.hint or "")
+    assert "zip-multi-archive" in {f.kind for f in scan(path).findings}
+    r = CliRunner().invoke(app, ["export", str(path), "--safetensors", str(dcp_run / f"never{rank}.safetensors")])
+    assert r.exit_code == 2 and not (dcp_run / f"never{rank}.safetensors").exists()
