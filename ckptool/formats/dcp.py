@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from .. import dtypes
 from ..checkpoint import ByteSource, Checkpoint, StorageInfo, TensorInfo
 from ..errors import CkptError, CorruptFileError, UnsafeFileError, UnsupportedFormatError
-from ..sources import Source, open_source
+from ..sources import Location, Source, open_location
 from ..sources.slice import SliceSource
 from . import torch_zip, unpickler
 from ._torch_tree import build_checkpoint, plural
@@ -101,39 +101,35 @@ def detect(head: bytes, size: int) -> bool:
 
 # -- where the files are ---------------------------------------------------------------------------------
 class Folder:
-    """The DCP folder: resolves a ``relative_path`` from ``.metadata`` inside it (never outside: no ``..``, no
-    absolute name, no symlink out) and opens its files as Sources."""
+    """The DCP folder, through its :class:`~ckptool.sources.Location`: a ``relative_path`` from ``.metadata``
+    resolves inside it (never outside: no ``..``, no absolute name, no symlink out) and opens as a Source."""
 
-    def __init__(self, where: str, opener: Callable[[str], Source] | None = None):
-        self.path = where if os.path.isdir(where) else (os.path.dirname(where) or ".")
-        self.metadata = os.path.join(self.path, METADATA)
-        self.open = opener or (lambda p: open_source(p, allow_empty=False))
+    def __init__(self, where: str | os.PathLike[str] | Location):
+        self.loc = open_location(where)
+        self.path = self.loc.folder
+        self.metadata = self.loc.resolve(METADATA)
+        self.open: Callable[[str], Source] = self.loc.open_path
 
-    def resolve(self, rel: str) -> str:
-        if not isinstance(rel, str) or not rel or "\0" in rel:
+    def resolve(self, rel: Any) -> str:
+        if not isinstance(rel, str) or not rel:
             raise UnsafeFileError(f"storage file name {str(rel)[:60]!r} is not a file name", path=self.metadata)
-        norm = rel.replace("\\", "/")
-        if norm.startswith("/") or os.path.isabs(rel) or (len(norm) > 1 and norm[1] == ":"):
-            raise UnsafeFileError(f"storage file {rel!r} is absolute: it must be inside the folder", path=self.metadata)
-        if ".." in norm.split("/"):
-            raise UnsafeFileError(f"storage file {rel!r} points outside the folder ('..')", path=self.metadata)
-        full = os.path.join(self.path, *norm.split("/"))
-        base, real = os.path.realpath(self.path), os.path.realpath(full)
-        if os.path.commonpath([real, base]) != base:
-            raise UnsafeFileError(f"storage file {rel!r} resolves outside the folder (a symlink?)", path=self.metadata)
-        return full
+        try:
+            return self.loc.resolve(rel)
+        except UnsafeFileError as e:
+            raise UnsafeFileError(f"storage file: {e.message}", path=self.metadata) from None
 
 
-def detect_folder(where: Any) -> bool:
-    """A folder holding a ``.metadata`` that is a DCP metadata pickle (``where``: a path, or a Location)."""
-    path = os.fspath(getattr(where, "name", where))
-    meta = os.path.join(path, METADATA)
-    if not (os.path.isdir(path) and os.path.isfile(meta)):
-        return False
+def detect_folder(loc: Location) -> bool:
+    """A folder holding a ``.metadata`` that is a DCP metadata pickle."""
     try:
-        with open(meta, "rb") as fh:
-            return detect(fh.read(256), 0)
-    except OSError:
+        if not loc.exists(METADATA):
+            return False
+        src = loc.open(METADATA)
+        try:
+            return detect(src.read(0, min(256, src.size)), src.size)
+        finally:
+            src.close()
+    except CkptError:
         return False
 
 
@@ -362,10 +358,14 @@ def findings(folder: Folder, layout: Layout) -> Iterator[Finding]:
             yield ("dcp-path", err.message, rel)
             sizes[rel] = None
             continue
-        try:
-            sizes[rel] = os.stat(full).st_size if os.path.isfile(full) else None
-        except OSError:
-            sizes[rel] = None
+        sizes[rel] = None
+        if folder.loc.exists(rel):
+            try:
+                f = folder.open(full)
+                sizes[rel] = f.size
+                f.close()
+            except CkptError:
+                pass
         if sizes[rel] is None:
             yield (
                 "dcp-missing-file",
@@ -562,10 +562,12 @@ def _clip(parts: Iterator[bytes | memoryview], pos: int, start: int, stop: int) 
 
 
 # -- the Checkpoint -------------------------------------------------------------------------------------------
-def read_location(where: Any, *, key: str | None = None, src: Source | None = None) -> Checkpoint:
+def read_location(
+    where: str | os.PathLike[str] | Location, *, key: str | None = None, src: Source | None = None
+) -> Checkpoint:
     """Read a DCP folder (or its ``.metadata``; a path, or a Location): tensors reassembled from their chunks,
     non-tensors as extras."""
-    folder = Folder(os.fspath(getattr(where, "name", where)))
+    folder = Folder(where)
     layout = load_layout(folder, src)
     for kind, message, at in findings(folder, layout):
         if kind in FATAL:
@@ -677,7 +679,7 @@ def scan(ctx: ScanContext) -> None:
 
     def opener(p: str) -> Source:
         if p not in opened:
-            opened[p] = open_source(p, allow_empty=False)
+            opened[p] = folder.open(p)
         return opened[p]
 
     files.open = opener
