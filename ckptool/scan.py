@@ -439,8 +439,7 @@ class _Scanner:
                 "hash-mismatch",
                 f"the name says sha256 starts with {prefix} but it is {digest[: max(len(prefix), 8)]}...: "
                 "torch.hub (check_hash=True) would reject it; the file was modified or corrupted, or the suffix "
-                "is not a hash (a date, a short git SHA)"
-                + ("; a warning unless --strict" if "hash-mismatch" in self.warn else ""),
+                "is not a hash (a date, a short git SHA)",
             )
 
 

@@ -21,11 +21,12 @@ import glob
 import os
 import stat
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import CkptError, UnreadableError
-from .scan import DEFAULT_WARN, ERROR, Finding, ScanReport
+from .policy import Policy
+from .scan import Finding, ScanReport
 
 SKIP_FOLDERS = frozenset({".git", ".hg", ".svn", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"})
 HEAD = 4096
@@ -58,10 +59,12 @@ class ScanOptions:
     """How each file is scanned: what the CLI flags and the policy file decide."""
 
     values: bool = True
-    warn: frozenset[str] = DEFAULT_WARN  # finding kinds reported as warnings
+    strict: bool = False  # --strict: every finding fails
     allow_globals: tuple[str, ...] = ()
-    max_file_size: int | None = None  # bytes; a larger file is a finding and is not read
-    allowed_formats: frozenset[str] | None = None  # None: any format
+    policy: Policy = field(default_factory=Policy)
+
+    def severity(self, kind: str) -> str:
+        return self.policy.severity(kind, strict=self.strict)
 
 
 @dataclass(frozen=True)
@@ -228,7 +231,7 @@ class _FolderContext:
         self.path = path
         self.loc = loc
         self.values = options.values
-        self.warn = options.warn
+        self.options = options
         self.report = ScanReport(path=path, format="folder")
 
     def set_format(self, name: str) -> None:
@@ -238,8 +241,7 @@ class _FolderContext:
         self.report.notes.append(text)
 
     def find(self, kind: str, message: str, where: str | None = None) -> None:
-        sev = "warning" if kind in self.warn else ERROR
-        self.report.findings.append(Finding(kind, message, where, sev))
+        self.report.findings.append(Finding(kind, message, where, self.options.severity(kind)))
 
 
 def _scan_folder(path: str, options: ScanOptions) -> list[ScanReport]:
@@ -277,32 +279,33 @@ def _size_report(path: str, size: int, limit: int) -> ScanReport:
 
 
 def scan_one(target: Target, options: ScanOptions) -> list[ScanReport | ScanFailure]:
-    """Scan one target (a file, or a folder's folder-level hooks). Never raises a CkptError: it is a result."""
+    """Scan one target (a file, or a folder's folder-level hooks) under the options' policy. Never raises a
+    CkptError: it is a result."""
     from .formats.unpickler import allow_globals
     from .scan import scan
 
+    policy = options.policy
     try:
-        with allow_globals(*options.allow_globals):
+        with allow_globals(*options.allow_globals, *policy.allow_globals):
             if target.folder:
                 return list(_scan_folder(target.path, options))
-            if options.max_file_size is not None:
+            if policy.max_file_size is not None:
                 try:
                     size = os.stat(target.path).st_size
                 except OSError:
                     size = -1
-                if size > options.max_file_size:
-                    return [_size_report(target.path, size, options.max_file_size)]
-            report = scan(target.path, values=options.values, warn=options.warn)
+                if size > policy.max_file_size:
+                    report = _size_report(target.path, size, policy.max_file_size)
+                    report.findings[:] = [replace(f, severity=options.severity(f.kind)) for f in report.findings]
+                    return [report]
+            report = scan(target.path, values=options.values)
     except CkptError as e:
         return [_failure(target.path, e)]
-    allowed = options.allowed_formats
+    allowed = policy.allowed_formats
     if allowed is not None and report.format not in allowed:
-        kind = "format-not-allowed"
-        sev = "warning" if kind in options.warn else ERROR
-        report.findings.insert(
-            0,
-            Finding(kind, f"the format is {report.format}; the policy allows {', '.join(sorted(allowed))}", None, sev),
-        )
+        msg = f"the format is {report.format}; the policy ({policy.path}) allows {', '.join(sorted(allowed))}"
+        report.findings.insert(0, Finding("format-not-allowed", msg))
+    report.findings[:] = [replace(f, severity=options.severity(f.kind)) for f in report.findings]
     return [report]
 
 

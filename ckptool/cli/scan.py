@@ -105,6 +105,18 @@ FormatOpt = Annotated[
 ]
 
 
+PolicyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--policy",
+        help="The policy file: a .ckptool.toml or a pyproject.toml with [tool.ckptool] (default: the nearest one "
+        "upward from the current folder, then from the scanned paths).",
+        show_default=False,
+    ),
+]
+NoPolicyOpt = Annotated[bool, typer.Option("--no-policy", help="Ignore policy files.")]
+
+
 def _render_skipped(o: Output, skipped: list[Skipped]) -> None:
     by_reason: dict[str, list[str]] = {}
     for s in skipped:
@@ -120,6 +132,8 @@ def scan(
     strict: StrictOpt = False,
     jobs: JobsOpt = 1,
     format_: FormatOpt = ScanFormat.text,
+    policy: PolicyOpt = None,
+    no_policy: NoPolicyOpt = False,
     json_: JsonOpt = False,
     allow_global: AllowGlobalOpt = None,
 ) -> None:
@@ -130,17 +144,14 @@ def scan(
     1 findings, 2 could not scan."""
     import os
 
-    from ..scan import DEFAULT_WARN
+    from ..policy import discover
     from ..scanset import ScanFailure, ScanOptions, scan_paths
 
     json_ = json_ or format_ == ScanFormat.json
     sarif = format_ == ScanFormat.sarif
     o = start(json_ or sarif)
-    options = ScanOptions(
-        values=not no_values,
-        warn=frozenset() if strict else DEFAULT_WARN,
-        allow_globals=tuple(allow_global or ()),
-    )
+    pol = discover(paths, explicit=str(policy) if policy else None, use=not no_policy)
+    options = ScanOptions(values=not no_values, strict=strict, allow_globals=tuple(allow_global or ()), policy=pol)
     run = scan_paths(paths, options, jobs=jobs or os.cpu_count() or 1)
     files: list[dict[str, Any]] = []
     first_error: dict[str, Any] | None = None
@@ -168,9 +179,12 @@ def scan(
     elif json_:
         # one object: the files, the skipped paths (when a folder or glob skipped any), and (exit 2) the first error in the shape every command uses
         skipped = {"skipped": [s.to_dict() for s in run.skipped]} if run.skipped else {}
-        o.json({"files": files, **skipped, **(first_error or {})})
+        used = {"policy": pol.to_dict()} if pol.path else {}
+        o.json({"files": files, **skipped, **used, **(first_error or {})})
     else:
         _render_skipped(o, run.skipped)
+        if pol.path:
+            o.line(f"policy: {pol.path}")
         if total > 1 or run.skipped:
             summary = (
                 f"scanned {plural(total, 'file')}: {clean} clean, {dirty} with findings, {failed} could not be scanned"
