@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ckptool.errors import UsageError
-from ckptool.policy import Policy, discover, load, parse_size
+from ckptool.policy import discover, load, parse_size
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 NAMESPACE = (  # a training checkpoint with an argparse.Namespace (unknown-global without a policy)
@@ -115,7 +115,7 @@ def test_explicit_policy_file(cli, repo: Path, tmp_path: Path, monkeypatch: pyte
     assert r.exit_code == 1 and "[format-not-allowed]" in r.stdout
     empty = tmp_path / "pyproject.toml"
     empty.write_text("[project]\n")
-    with pytest.raises(UsageError, match="no \\[tool.ckptool\\]"):
+    with pytest.raises(UsageError, match=r"no \[tool.ckptool\]"):
         load(str(empty))
 
 
