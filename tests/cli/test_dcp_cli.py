@@ -105,3 +105,28 @@ def test_scan(cli: Any, dcp_run: Path) -> None:
     assert "ok" in r.output and "(dcp;" in r.output
     j = json.loads(cli("scan", "--json", dcp_run / "dcp" / ".metadata").output)
     assert j["files"][0]["format"] == "dcp" and j["files"][0]["safe"] is True
+
+
+def test_scan_the_folder(cli: Any, dcp_run: Path) -> None:
+    r = cli("scan", dcp_run / "dcp")
+    assert r.exit_code == 0, r.output
+    assert "dcp/.metadata: ok" in r.output
+    assert "part of the dcp checkpoint" in r.output  # the .distcp files are scanned through .metadata, not alone
+
+
+def test_check_and_layers_name_a_family_in_a_dcp_folder(cli: Any, tmp_path: Path, real_state_dict: Any) -> None:
+    """A single-process DCP (``no_dist=True``) of a real resnet18 training state: check identifies it."""
+    import warnings
+
+    import torch.distributed.checkpoint as tdcp
+
+    sd = real_state_dict("resnet18", 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tdcp.save({"model": dict(sd), "epoch": 3}, checkpoint_id=str(tmp_path / "dcp"), no_dist=True)
+    r = cli("check", tmp_path / "dcp")
+    assert r.exit_code == 0, r.output
+    assert "resnet18" in r.output
+    r = cli("layers", tmp_path / "dcp", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["weight_layers"] == 18
