@@ -160,6 +160,7 @@ class Archive:
     read: Callable[[int, int], bytes] = field(repr=False)
     small: Callable[[int, int], bytes] = field(repr=False)
     whole: Callable[[], Any] = field(repr=False)  # the whole file as a buffer without a copy, or None
+    prefetch: Any = field(default=None, repr=False)  # a source's ``prefetch(spans)`` (remote: many ranges at once)
     _sorted: list[int] | None = field(default=None, repr=False)
     _by_lower: dict[bytes, int] | None = field(default=None, repr=False)
     _dups: set[bytes] = field(default_factory=set, repr=False)
@@ -453,7 +454,7 @@ def open_archive(src: Source, *, max_entries: int = MAX_ENTRIES) -> Archive:
     return Archive(
         size=size, eocd_offset=eocd, comment_len=comment_len, cd_offset=cd_ofs, cd_size=cd_size, cd_used=used, cd=cd, positions=positions, patched=patched,
         zip64=zip64, zip64_offset=z64_ofs, locator_offset=locator, eocd32=eocd32, entries=entries,
-        tail_offset=tail_offset, tail=tail, read=read, small=_small_reader(src), whole=_whole_view(src),
+        tail_offset=tail_offset, tail=tail, read=read, small=_small_reader(src), whole=_whole_view(src), prefetch=getattr(src, "prefetch", None),
     )  # fmt: skip
 
 
@@ -633,7 +634,7 @@ def local_table(ar: Archive) -> LocalTable:
     cols = ar.columns()
     offs = cols["lho"]
     ok = (offs >= 0) & (offs + LDH_SIZE <= ar.size)
-    buf = ar.whole() if n > 64 else None
+    buf = ar.whole() if n > 64 or ar.prefetch is None else None
     rows = np.zeros((n, LDH_SIZE), dtype=np.uint8)
     if buf is not None:
         mem = np.frombuffer(buf, dtype=np.uint8)
@@ -641,6 +642,8 @@ def local_table(ar: Archive) -> LocalTable:
         rows[ok] = mem[safe[ok, None] + np.arange(LDH_SIZE)]
     else:
         mem = None
+        if ar.prefetch is not None:  # a remote source: every local header (and name) in one round trip
+            ar.prefetch([(int(offs[i]), LDH_SIZE + int(cols["nl"][i])) for i in range(n) if ok[i]])
         for i, e in enumerate(ar.entries):
             if ok[i]:
                 rows[i] = np.frombuffer(ar.peek(e.h[16], LDH_SIZE), dtype=np.uint8)
