@@ -216,10 +216,9 @@ class Output:
         if self.rich:
             from rich.table import Table
 
-            t = Table(
-                title=self.text(title) if title else None, title_justify="left", header_style="bold",
-                show_lines=False,
-            )  # fmt: skip
+            if title:  # its own line: a table title is wrapped to the table's width, which splits a long path
+                self.line((title, "bold"))
+            t = Table(header_style="bold", show_lines=False)
             for i, h in enumerate(headers):
                 t.add_column(
                     self.text(h), justify="right" if i in right else "left", no_wrap=i not in fold, overflow="fold"

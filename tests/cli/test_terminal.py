@@ -123,13 +123,16 @@ def test_parity(tty: Tty, tiny_onnx: dict[str, Path]) -> None:
 def test_predict(tty: Tty, tiny_onnx: dict[str, Path]) -> None:
     from PIL import Image
 
-    img = tiny_onnx["dir"] / "img[1].png"
+    deep = tiny_onnx["dir"] / ("a-folder-name-longer-than-the-table-is-wide-" * 2)
+    deep.mkdir(exist_ok=True)
+    img = deep / "img[1].png"
     Image.new("RGB", (40, 40), (200, 30, 30)).save(img)
     labels = tiny_onnx["dir"] / "labels[en].txt"
     labels.write_text("".join(f"[class {i}]\n" for i in range(10)))
     r = tty("predict", tiny_onnx["onnx"], img, "--labels", labels, "--size", "32", "--top", "10")
     assert r.returncode == 0, r
     assert "img[1].png" in r.text and "[class 0]" in r.text and "[class 9]" in r.text, r
+    assert str(img) in r.text.splitlines(), r  # the image's path is one line, never folded to the table's width
 
 
 def test_narrow_terminal_folds_a_long_name(tty: Tty, brackets: Brackets) -> None:
