@@ -198,6 +198,31 @@ class Checkpoint:
     def total_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
 
+    def shared_storages(self) -> list[list[str]]:
+        """The tensors that share one storage (tied embeddings, views), one list per storage that more than one
+        tensor uses, in tensor order."""
+        groups: dict[tuple[str, int, str], list[str]] = {}
+        for t in self.tensors:
+            st = t.storage
+            if st is not None and st.source is not None:
+                groups.setdefault((st.source.path, st.source.offset, st.key), []).append(t.name)
+        return [g for g in groups.values() if len(g) > 1]
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes the files hold for these tensors: each storage counted once, as stored (compressed or encoded
+        bytes included). Less than :attr:`total_bytes` when tensors share storage; more when they view part of
+        a larger one."""
+        seen: dict[tuple[str, int, str], int] = {}
+        loose = 0
+        for t in self.tensors:
+            st = t.storage
+            if st is None or st.source is None:
+                loose += t.nbytes
+            else:
+                seen[(st.source.path, st.source.offset, st.key)] = st.source.nbytes
+        return loose + sum(seen.values())
+
     @property
     def dtype_counts(self) -> dict[str, int]:
         return dict(Counter(t.dtype for t in self.tensors))
@@ -207,9 +232,14 @@ class Checkpoint:
             "path": self.path,
             "format": self.format,
             "state_dict_key": self.state_dict_key,
-            "tensors": [t.to_dict() for t in self.tensors],
+            "tensors": [t.to_dict() for t in self.tensors]
+            if not self.files
+            else [{**t.to_dict(), "file": self.file_of(t)} for t in self.tensors],
             "total_numel": self.total_numel,
             "total_bytes": self.total_bytes,
+            "stored_bytes": self.stored_bytes,
+            "shared_storages": self.shared_storages(),
+            **({"files": list(self.files.values())} if self.files else {}),
             "dtypes": self.dtype_counts,
             "extras": self.extras,
             "metadata": self.metadata,

@@ -88,20 +88,25 @@ def plan(ck: Checkpoint, prefix: str, *, keep_prefix: bool = False) -> tuple[dic
 
     The wrapper prefix (``module.`` ...) is removed first; ``prefix`` is then matched at a dot boundary,
     so ``features.1`` takes ``features.1.weight`` but never ``features.10.weight``. A prefix that
-    includes the wrapper (``module.features``) works too.
+    includes the wrapper (``module.features``) works too, and so does the wrapper itself (``model`` on Hugging
+    Face keys that all start with ``model.``: everything under it, ``lm_head.weight`` left out).
     """
     pre = prefix.strip().rstrip(".")
     if not pre:
         raise UsageError("--prefix is empty", hint="e.g. --prefix features")
     names = ck.names()
+    dot = pre + "."
     wrapper = _wrapper_prefix(names)
     bare = {n: (n[len(wrapper) :] if wrapper and n.startswith(wrapper) else n) for n in names}
-    dot = pre + "."
     picked = {n: b for n, b in bare.items() if b.startswith(dot)}
     if not picked and wrapper and pre.startswith(wrapper):  # --prefix module.features on a DataParallel file
         inner = pre[len(wrapper) :] + "."
         picked = {n: b for n, b in bare.items() if b.startswith(inner)}
         pre, dot = inner.rstrip("."), inner
+    if not picked and wrapper:  # the wrapper itself: ``model`` on Hugging Face keys that all start with ``model.``
+        raw = [n for n in names if n.startswith(dot)]
+        if raw:
+            return {n: (n if keep_prefix else n[len(dot) :]) for n in raw}, pre, None
     if not picked:
         where = f" (after removing the {wrapper!r} prefix)" if wrapper else ""
         raise KeyNotFoundError(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
+from ..checkpoint import Checkpoint
+from ..errors import CkptError
 from ..formats import open_checkpoint
-from ._options import AllowGlobalOpt, JsonOpt, KeyOpt, PathArg
+from ._errors import error_object
+from ._options import AllowGlobalOpt, JsonOpt, KeyOpt
 from ._output import dims, human_bytes, human_count, start
 
 FilterOpt = Annotated[
@@ -25,17 +29,57 @@ PlainOpt = Annotated[
 ]
 
 
+PathsArg = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Checkpoints: files (.pth/.pt/.bin/.ckpt, .safetensors, .onnx), folders of shards, *.index.json. "
+        "Several are listed one after the other.",
+        show_default=False,
+    ),
+]
+
+
 def inspect(
-    path: PathArg,
+    paths: PathsArg,
     key: KeyOpt = None,
     filter: FilterOpt = None,
     plain: PlainOpt = False,
     json_: JsonOpt = False,
     allow_global: AllowGlobalOpt = None,
 ) -> None:
-    """List every tensor: name, shape, dtype, elements, bytes. Never imports torch, never reads tensor data."""
+    """List every tensor: name, shape, dtype, elements, bytes (and the shard, for a sharded checkpoint). Never
+    imports torch, never reads tensor data."""
     o = start(json_)
-    ck = open_checkpoint(path, key=key)
+    if len(paths) == 1:  # one path: its object, or its error (exit 2) as every command reports one
+        with open_checkpoint(paths[0], key=key) as ck:
+            _one(o, ck, filter, plain, json_)
+        return
+    files: list[dict[str, Any]] = []
+    first_error: dict[str, Any] | None = None
+    for i, p in enumerate(paths):
+        try:
+            ck = open_checkpoint(p, key=key)
+        except CkptError as e:
+            o.error(e.render())
+            first_error = first_error or error_object(type(e).__name__, e.message, e.path, e.hint)
+            files.append({"path": str(p), **error_object(type(e).__name__, e.message, e.path, e.hint)})
+            continue
+        with ck:
+            if json_:
+                files.append(_one(o, ck, filter, plain, json_, emit=False))
+            else:
+                if i and not plain:
+                    o.blank()
+                _one(o, ck, filter, plain, json_)
+    if json_:
+        o.json({"files": files, **(first_error or {})})
+    if first_error:
+        raise typer.Exit(2)
+
+
+def _one(
+    o: Any, ck: Checkpoint, filter: list[str] | None, plain: bool, json_: bool, *, emit: bool = True
+) -> dict[str, Any]:
     total = len(ck.tensors)
     if filter:
         ck.tensors = [t for t in ck.tensors if any(fnmatchcase(t.name, g) for g in filter)]
@@ -44,27 +88,50 @@ def inspect(
         if filter:
             d["filter"] = filter
             d["tensors_in_file"] = total
-        o.json(d)
-        return
+        if emit:
+            o.json(d)
+        return d
     if plain:
         for t in ck.tensors:
             o.raw(f"{t.name} torch.Size({list(t.shape)})")
-        return
-    rows = [(t.name, dims(t.shape), t.dtype, human_count(t.numel), human_bytes(t.nbytes)) for t in ck.tensors]
-    o.table(["name", "shape", "dtype", "numel", "size"], rows, right=(3, 4))
+        return {}
+    headers = ["name", "shape", "dtype", "numel", "size"]
+    rows = [[t.name, dims(t.shape), t.dtype, human_count(t.numel), human_bytes(t.nbytes)] for t in ck.tensors]
+    if ck.files:  # a sharded checkpoint: which file holds each tensor
+        headers.append("shard")
+        for row, t in zip(rows, ck.tensors, strict=True):
+            row.append(ck.file_of(t) or "")
+    o.table(headers, rows, right=(3, 4))
     o.blank()
     count = f"{len(ck.tensors)}" + (f" of {total} (filtered)" if filter else "")
-    summary = [("file", ck.path), ("format", ck.format)]
+    summary = [("file" if not ck.files else "checkpoint", ck.path), ("format", ck.format)]
+    index = ck.metadata.get("index")
+    if ck.files:
+        shards = list(ck.files.values())
+        named = index.get("file") if isinstance(index, dict) else None
+        summary.append(
+            ("shards", f"{len(shards)} ({shards[0]} ... {shards[-1]})" + (f", index {named}" if named else ""))
+        )
     if ck.format == "onnx":
         summary += _onnx_summary(ck.metadata)
     else:
         summary.append(("state_dict", ck.state_dict_key if ck.state_dict_key is not None else "(root)"))
+    logical = ck.total_bytes
+    stored = ck.stored_bytes
+    size = f"{human_count(logical)} ({human_bytes(logical)})"
+    declared = index.get("total_size") if isinstance(index, dict) else None
+    if isinstance(declared, int) and not filter:
+        size += " = the index's total_size" if declared == logical else f"; the index's total_size says {declared:,}"
     summary += [
         ("tensors" if ck.format != "onnx" else "initializers", count),
         ("elements", human_count(ck.total_numel)),
-        ("bytes", f"{human_count(ck.total_bytes)} ({human_bytes(ck.total_bytes)})"),
-        ("dtypes", ", ".join(f"{k} ({v})" for k, v in sorted(ck.dtype_counts.items())) or "none"),
+        ("bytes", size),
     ]
+    if stored != logical:
+        summary.append(("on disk", f"{human_count(stored)} ({human_bytes(stored)}) of tensor storage"))
+    for group in ck.shared_storages():
+        summary.append(("shared", f"{', '.join(group)}: one storage"))
+    summary.append(("dtypes", ", ".join(f"{k} ({v})" for k, v in sorted(ck.dtype_counts.items())) or "none"))
     locs = ck.metadata.get("storage_locations")
     if locs:
         summary.append(("saved on", ", ".join(locs) + " (no GPU needed to read)"))
@@ -78,6 +145,7 @@ def inspect(
     for n in ck.notes:
         summary.append(("note", n))
     o.kv(summary)
+    return {}
 
 
 def _short(text: str, limit: int = 200) -> str:
