@@ -126,12 +126,16 @@ def extract(
     keep_prefix: bool = False,
     force: bool = False,
     key: str | None = None,
+    max_shard_size: int | str | None = None,
 ) -> ExtractResult:
-    """Write the tensors under ``prefix`` of ``path`` to ``out`` (.safetensors or .pth), streamed and atomic."""
+    """Write the tensors under ``prefix`` of ``path`` to ``out`` (.safetensors or .pth), streamed and atomic.
+    With ``max_shard_size`` (or an existing folder ``out``), ``out`` is a folder of Hugging Face safetensors
+    shards plus their index (:func:`ckptool.convert.sharded.export_sharded`)."""
     from .formats import open_checkpoint
 
     src, dst = os.fspath(path), os.fspath(out)
-    fmt = output_format(dst)
+    sharded = max_shard_size is not None or os.path.isdir(dst)
+    fmt = "safetensors" if sharded else output_format(dst)
     ck = open_checkpoint(src, key=key)
     try:
         mapping, pre, wrapper = plan(ck, prefix, keep_prefix=keep_prefix)
@@ -139,9 +143,23 @@ def extract(
         from .convert import writer
         from .convert.driver import export
 
-        w = writer(fmt)
-        res = export(w, ck, dst, names=mapping, force=force, metadata=meta if w.format == "safetensors" else None)
+        if sharded:
+            from .convert.sharded import DEFAULT_MAX_SHARD_SIZE, export_sharded
+
+            res = export_sharded(
+                ck,
+                dst,
+                max_shard_size=max_shard_size or DEFAULT_MAX_SHARD_SIZE,
+                names=mapping,
+                force=force,
+                metadata=meta,
+            )
+        else:
+            w = writer(fmt)
+            res = export(w, ck, dst, names=mapping, force=force, metadata=meta if w.format == "safetensors" else None)
         notes = list(res.notes)
+        if res.files:
+            notes.insert(0, f"the folder holds {', '.join(res.files)}")
         if wrapper:
             notes.insert(0, f"removed the {wrapper!r} prefix of every key before matching {pre!r}")
         return ExtractResult(

@@ -56,6 +56,15 @@ ExternalOpt = Annotated[
     bool,
     typer.Option("--external-data", help="[onnx] Weights in OUT.data next to OUT (automatic above 2 GB)."),
 ]
+MaxShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-shard-size",
+        help="[safetensors] Write Hugging Face shards into the folder OUT: model-0000K-of-0000N.safetensors + "
+        "model.safetensors.index.json, each shard at most this size (5GB, 500MB, 2GiB; default 5GB for a folder).",
+        show_default=False,
+    ),
+]
 NoVerifyOpt = Annotated[
     bool, typer.Option("--no-verify", help="Skip the bit-exact check (safetensors/pth) or the parity check (onnx).")
 ]
@@ -77,6 +86,7 @@ def export(
     opset: OpsetOpt = None,
     features_only: FeaturesOpt = False,
     external_data: ExternalOpt = False,
+    max_shard_size: MaxShardOpt = None,
     no_verify: NoVerifyOpt = False,
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
@@ -101,6 +111,11 @@ def export(
                  features_only or None, external_data or None, atol, rtol, stol), strict=True) if v]  # fmt: skip
         if given:
             raise UsageError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to --onnx")
+        if max_shard_size is not None and kind != "safetensors":
+            raise UsageError("--max-shard-size applies to --safetensors (Hugging Face shards)")
+        if kind == "safetensors" and (max_shard_size is not None or target.is_dir()):
+            _export_sharded(o, path, target, max_shard_size, key=key, force=force, verify=not no_verify)
+            return
         _export_tensors(o, path, kind, target, key=key, force=force, verify=not no_verify)
         return
     _export_onnx(
@@ -156,6 +171,51 @@ def _export_tensors(
         pairs.append(("skipped", f"{r.skipped} tensors"))
     for group in r.shared:
         pairs.append(("shared storage", ", ".join(group)))
+    pairs.append(("time", f"{r.seconds:.2f} s"))
+    for n in r.notes:
+        pairs.append(("note", n))
+    o.kv(pairs)
+
+
+def _export_sharded(
+    o: Output, path: Path, target: Path, size: str | None, *, key: str | None, force: bool, verify: bool
+) -> None:
+    from ..convert.sharded import DEFAULT_MAX_SHARD_SIZE, export_sharded, parse_size
+    from ..formats import open_checkpoint
+
+    limit = parse_size(size or DEFAULT_MAX_SHARD_SIZE)  # a bad size fails before the checkpoint is read
+    ck = open_checkpoint(path, key=key)
+    bar = o.progress(f"safetensors shards {target.name}")
+    try:
+        r = export_sharded(ck, target, max_shard_size=limit, force=force, verify=verify, progress=bar)
+    finally:
+        bar.close()
+        ck.close()
+    render_export(o, r)
+
+
+def render_export(o: Output, r: Any) -> None:
+    """An ExportResult of a sharded set (``r.files``): what was written where, and the checks."""
+    if o.mode == "json":
+        o.json(r.to_dict())
+        return
+    shards = [f for f in r.files if not f.endswith(".index.json")]
+    index = [f for f in r.files if f.endswith(".index.json")]
+    o.line(
+        f"wrote {r.out} ({r.format}): {len(shards)} shard{'s' if len(shards) != 1 else ''}"
+        + (f" + {index[0]}" if index else f" ({shards[0]})")
+        + f", {r.tensors} tensors, {human_bytes(r.bytes)} of tensor data"
+    )
+    pairs = [
+        (
+            "source",
+            f"{r.source} ({r.source_format})" + (f", state_dict at {r.state_dict_key!r}" if r.state_dict_key else ""),
+        ),
+        ("files", f"{shards[0]} ... {shards[-1]}" if len(shards) > 1 else shards[0]),
+        ("check", f"bit-exact: {r.verify_method}" if r.verified else "skipped (--no-verify)"),
+    ]
+    if r.skipped:
+        pairs.append(("skipped", f"{r.skipped} tensors"))
     pairs.append(("time", f"{r.seconds:.2f} s"))
     for n in r.notes:
         pairs.append(("note", n))

@@ -28,6 +28,15 @@ OutOpt = Annotated[
         show_default=False,
     ),
 ]
+MaxShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-shard-size",
+        help="Write Hugging Face safetensors shards into the folder OUTPUT (model-0000K-of-0000N.safetensors + "
+        "model.safetensors.index.json), each at most this size (5GB, 500MB, 2GiB).",
+        show_default=False,
+    ),
+]
 KeepOpt = Annotated[
     bool,
     typer.Option(
@@ -41,6 +50,7 @@ def extract(
     prefix: PrefixOpt,
     output: OutOpt,
     keep_prefix: KeepOpt = False,
+    max_shard_size: MaxShardOpt = None,
     force: ForceOpt = False,
     key: KeyOpt = None,
     json_: JsonOpt = False,
@@ -50,7 +60,9 @@ def extract(
     from ..extract import extract as run_extract
 
     o = start(json_)
-    res = run_extract(path, prefix, output, keep_prefix=keep_prefix, force=force, key=key)
+    res = run_extract(
+        path, prefix, output, keep_prefix=keep_prefix, force=force, key=key, max_shard_size=max_shard_size
+    )
     if json_:
         o.json(res.to_dict())
         return

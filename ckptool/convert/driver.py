@@ -44,6 +44,7 @@ class ExportResult:
     metadata: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # a sharded output: the files written in ``out`` (index last)
 
     def __repr__(self) -> str:
         check = "bit-exact" if self.verified else "not verified"
@@ -66,6 +67,7 @@ class ExportResult:
             "metadata": self.metadata,
             "seconds": round(self.seconds, 4),
             "notes": self.notes,
+            **({"files": self.files} if self.files else {}),
         }
 
 
