@@ -450,3 +450,19 @@ def scan(ctx: ScanContext) -> None:
     ctx.set_format(NAME)
     for kind, message, where in folder_findings(ctx.path):
         ctx.find(kind, message, where)
+
+
+def scan_folder(ctx: Any) -> None:
+    """The folder-level hook (``ckptool.scanset``): a folder whose shards have no index gets the series rules
+    (a tensor in two shards) as a report of its own. A folder with an index needs none: its index file is
+    scanned as a file (:func:`scan`), and its shards as files of their own."""
+    loc = ctx.loc
+    try:
+        choice = choose(loc)
+    except UnsupportedFormatError:
+        return  # several unrelated weight files: each is scanned as a file
+    if not choice.series:
+        return
+    ctx.set_format(NAME)
+    for kind, message, where in folder_findings(loc):
+        ctx.find(kind, message, where)
