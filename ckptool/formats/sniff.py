@@ -16,7 +16,7 @@ from types import ModuleType
 
 from ..checkpoint import Checkpoint
 from ..errors import CkptError, CorruptFileError, UnreadableError, UnsupportedFormatError
-from ..sources import Location, Source, open_location, open_source
+from ..sources import Location, Source, open_location
 from . import _members, dcp, hf_index, onnx, safetensors, torch_legacy, torch_zip, unpickler
 
 # The registry: format name -> its module (``NAME``, ``detect(head, size)``, ``read(source, key=)``,
@@ -65,9 +65,23 @@ def sniff_bytes(head: bytes, size: int) -> str:
     raise UnsupportedFormatError("not a checkpoint ckptool recognises (torch zip, torch legacy, safetensors, ONNX)")
 
 
-def detect_format(path: str | os.PathLike[str]) -> str:
-    with open_source(os.fspath(path), allow_empty=False) as src:
+def detect_format(path: str | os.PathLike[str] | Location) -> str:
+    """The format name of a file (from its first bytes), or of the folder format that claims a folder."""
+    loc = open_location(path)
+    if loc.is_folder:
+        for name, module in FORMATS.items():
+            claims = getattr(module, "detect_folder", None)
+            if claims is not None and claims(loc):
+                return name
+        raise UnreadableError(
+            "is a directory that holds no checkpoint ckptool recognises (no *.index.json, no weight file)",
+            path=loc.name,
+        )
+    src = loc.open()
+    try:
         return sniff(src)
+    finally:
+        src.close()
 
 
 def sniff(src: Source) -> str:
