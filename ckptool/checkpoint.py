@@ -69,6 +69,7 @@ class TensorInfo:
     is_parameter: bool = False
     requires_grad: bool = False
     constant: bool = False  # ONNX: the value of a Constant node (named after its output), not an initializer
+    quantization: dict[str, Any] | None = None  # quantized tensors: scheme, scale, zero point (or axis, channels)
 
     @property
     def itemsize(self) -> int:
@@ -119,6 +120,7 @@ class TensorInfo:
             "numel": self.numel,
             "nbytes": self.nbytes,
             **({"constant": True} if self.constant else {}),
+            **({"quantization": self.quantization} if self.quantization else {}),
         }
 
 
@@ -141,6 +143,7 @@ class Checkpoint:
     verify_crc: bool = True  # check each record's CRC-32 as its bytes stream (scan turns it off: it checks itself)
     root: Any = None  # the recorded object tree (torch formats): for --key and other lookups
     storages: dict[str, StorageInfo] = field(default_factory=dict)  # every storage in the file
+    unlisted: dict[str, str] = field(default_factory=dict)  # entries the reader saw but cannot list: name -> why
     opener: Callable[[str], Source] = field(default=open_source)  # how a path in a ByteSource is opened
     # a checkpoint of several files (shards): ByteSource.path -> the file's name inside the checkpoint's folder,
     # in shard order; empty for a one-file checkpoint

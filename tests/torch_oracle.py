@@ -75,5 +75,4 @@ def torch_load(paths: list[Path], *, weights_only: bool) -> dict[str, dict[str, 
 
 def ckptool_hex(ck: Any, name: str) -> str:
     """A tensor's values as ckptool reads them, in the oracle's encoding (contiguous little-endian bytes)."""
-    arr = ck.numpy(name)
-    return arr.tobytes().hex()
+    return ck.read_bytes(ck[name]).hex()

@@ -137,6 +137,7 @@ def export(
         shared=shared_groups(pairs),
         metadata=plan.metadata,
         seconds=time.perf_counter() - t0,
+        notes=skipped_notes(ck, names),
     )
 
 
@@ -168,15 +169,38 @@ def select(ck: Checkpoint, names: dict[str, str] | None) -> list[tuple[str, Tens
         seen.add(out_name)
     if not pairs:
         raise UsageError("nothing to write: the selection holds no tensors", path=ck.path)
+    if names is None:  # everything: tensors no writer can hold are left out (export says which, and why)
+        pairs = [(n, t) for n, t in pairs if not_convertible(t) is None]
+        if not pairs:
+            whys = "; ".join(f"{t.name}: {not_convertible(t)}" for t in ck.tensors[:3])
+            raise UsageError(f"nothing to write: no tensor can be converted ({whys})", path=ck.path)
     for _out_name, t in pairs:
         if t.storage is None:
             raise CorruptFileError(f"tensor {t.name!r} has no data in the file", path=ck.path)
-        dt = dtypes.lookup(t.dtype)
-        if dt.name.startswith(("qint", "quint")):
-            raise UsageError(
-                f"tensor {t.name!r} is quantized ({dt.name}); ckptool does not convert quantized tensors", path=ck.path
-            )
+        why = not_convertible(t)
+        if why:
+            raise UsageError(f"tensor {t.name!r} cannot be converted: {why}", path=ck.path)
     return pairs
+
+
+def not_convertible(t: TensorInfo) -> str | None:
+    """Why no writer can hold this tensor as torch.load returns it, or None."""
+    dt = dtypes.lookup(t.dtype)
+    if dt.name.startswith(("qint", "quint")):
+        return (
+            f"quantized ({dt.name}): safetensors and ckptool's .pth writer keep no scale or zero point, so its "
+            "values would not be torch's"
+        )
+    return None
+
+
+def skipped_notes(ck: Checkpoint, names: dict[str, str] | None) -> list[str]:
+    """What an export of everything leaves out, one note per tensor (and per entry the reader could not list)."""
+    if names is not None:
+        return []
+    out = [f"skipped {t.name!r}: {why}" for t in ck.tensors if (why := not_convertible(t))]
+    out += [f"skipped {k!r}: {why}" for k, why in ck.unlisted.items()]
+    return out
 
 
 def storage_id(t: TensorInfo) -> tuple[Any, ...]:

@@ -7,13 +7,18 @@ a pickle whose memo makes a huge DAG ("billion laughs") cannot blow up time or m
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
-from ..checkpoint import Checkpoint, StorageInfo, TensorInfo
+from ..checkpoint import ByteSource, Checkpoint, Decoder, StorageInfo, TensorInfo
 from ..errors import CorruptFileError, KeyNotFoundError
-from .unpickler import Global, Opaque, PickledDict, StorageRef, TensorRecord
+from .unpickler import Global, Opaque, PickledDict, SparseRecord, StorageRef, TensorRecord
+
+if TYPE_CHECKING:
+    from ..sources import Source
 
 # Keys under which training code conventionally keeps the model weights, most specific first.
 CONVENTIONAL_KEYS = (
@@ -48,8 +53,10 @@ def _children(obj: Any) -> Iterator[tuple[str, Any]]:
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
             yield str(i), v
-    elif isinstance(obj, Opaque) and obj.fields:
+    elif isinstance(obj, Opaque):
         yield from ((str(k), v) for k, v in obj.fields.items())
+        if isinstance(obj.state, (list, tuple)):  # a __getstate__ list: its __setstate__ decides the names
+            yield from ((f"state.{i}", v) for i, v in enumerate(obj.state))
 
 
 def count_tensors(obj: Any, budget: int = WALK_BUDGET) -> int:
@@ -152,6 +159,8 @@ def locate_state_dict(root: Any, key: str | None, path: str) -> tuple[list[str],
 def summarize(value: Any) -> str:
     if isinstance(value, TensorRecord):
         return f"tensor {list(value.shape)} {value.dtype}"
+    if isinstance(value, SparseRecord):
+        return f"sparse COO tensor {list(value.shape)} {value.dtype}, {value.nnz} stored values"
     if isinstance(value, bool) or value is None or isinstance(value, (int, float, complex)):
         return repr(value)
     if isinstance(value, str):
@@ -208,9 +217,15 @@ def build_checkpoint(
 ) -> Checkpoint:
     segs, sd = locate_state_dict(root, key, path)
     notes: list[str] = []
+    unlisted: dict[str, str] = {}
     if isinstance(sd, dict) and _direct_tensors(sd):
         items = [(str(k), v) for k, v in sd.items()]
-        skipped = [k for k, v in items if not isinstance(v, TensorRecord)]
+        sparse = [(k, v) for k, v in items if isinstance(v, SparseRecord)]
+        skipped = [k for k, v in items if not isinstance(v, (TensorRecord, SparseRecord))]
+        for k, v in sparse:
+            why = f"a {summarize(v)}: ckptool lists and exports dense tensors only"
+            unlisted[k] = why
+            notes.append(f"not listed: {k!r} is {why}")
         if skipped:
             notes.append(
                 f"{plural(len(skipped), 'non-tensor entry', 'non-tensor entries')} in the state_dict: {', '.join(skipped[:5])}"
@@ -222,7 +237,8 @@ def build_checkpoint(
         pairs = list(_flatten(sd, ""))
         if pairs:
             notes.append("no state_dict mapping found: listing every tensor by its path in the object")
-    tensors = [to_tensor_info(name, rec, storages, path) for name, rec in pairs]
+    order = str((metadata or {}).get("byteorder", "little"))
+    tensors = [to_tensor_info(name, rec, storages, path, order) for name, rec in pairs]
 
     extras: dict[str, str] = {}
     if segs and isinstance(root, dict):
@@ -238,12 +254,97 @@ def build_checkpoint(
         path=path, format=fmt, tensors=tensors, state_dict_key=sd_key, extras=extras,
         metadata=metadata or {}, notes=notes, root=root, storages=storages,
     )  # fmt: skip
+    ck.unlisted.update(unlisted)
+    quantized = [t for t in tensors if t.quantization]
+    if quantized:
+        notes.append(
+            "quantized: "
+            + "; ".join(f"{t.name} ({quant_summary(t.quantization or {})})" for t in quantized[:5])
+            + (f"; ... ({len(quantized)} in all)" if len(quantized) > 5 else "")
+        )
     if isinstance(sd, PickledDict) and isinstance(sd.state, dict) and "_metadata" in sd.state:
         ck.metadata["has_module_metadata"] = True
     return ck
 
 
-def to_tensor_info(name: str, rec: TensorRecord, storages: dict[str, StorageInfo], path: str) -> TensorInfo:
+@dataclass(frozen=True)
+class SignFlip:
+    """torch's lazy neg / conj bits as a decoder: the stored (little-endian) bytes with the sign bit of some
+    parts of each element flipped. A float negates exactly by its sign bit (as torch's neg does, NaN too);
+    conj flips the imaginary part's; neg on a complex number flips both. ``flips`` are the byte indexes
+    (within an element) whose top bit flips."""
+
+    itemsize: int
+    flips: tuple[int, ...]
+    inner: Decoder | None = None
+
+    def chunks(
+        self, source: Source, where: ByteSource, start: int, stop: int, buf: bytearray
+    ) -> Iterator[bytes | memoryview]:
+        import numpy as np
+
+        pos = start
+        for chunk in self._raw(source, where, start, stop, buf):
+            arr = np.frombuffer(chunk, dtype=np.uint8).copy()
+            for b in self.flips:
+                arr[(b - pos) % self.itemsize :: self.itemsize] ^= 0x80
+            pos += len(arr)
+            yield arr.tobytes()
+
+    def _raw(
+        self, source: Source, where: ByteSource, start: int, stop: int, buf: bytearray
+    ) -> Iterator[bytes | memoryview]:
+        if self.inner is not None:
+            yield from self.inner.chunks(source, where, start, stop, buf)
+            return
+        mv = memoryview(buf)
+        pos = start
+        while pos < stop:
+            k = min(len(buf), stop - pos)
+            source.read_into(where.offset + pos, mv[:k])
+            yield mv[:k]
+            pos += k
+
+
+def _view_bits(name: str, rec: TensorRecord, st: StorageInfo, path: str, byteorder: str) -> StorageInfo:
+    """The storage as the tensor's neg / conj bits show it: the same bytes behind a :class:`SignFlip`."""
+    dt = dtypes.lookup(rec.dtype)
+    size = dt.itemsize
+    bits = "+".join(b for b, on in (("neg", rec.neg), ("conj", rec.conj)) if on)
+    if not dt.is_float or byteorder != "little" or st.source is None:
+        raise CorruptFileError(
+            f"tensor {name!r} ({rec.dtype}) carries torch's {bits} bit, which ckptool applies to little-endian "
+            "floating-point and complex tensors only: its values would differ from torch.load's",
+            path=path,
+        )
+    if rec.dtype.startswith("complex"):
+        half = size // 2
+        flips = {(True, False): (half - 1, size - 1), (False, True): (size - 1,), (True, True): (half - 1,)}[
+            (rec.neg, rec.conj)
+        ]
+    else:
+        flips = (size - 1,)
+    src = dataclasses.replace(st.source, decoder=SignFlip(size, flips, st.source.decoder))
+    return dataclasses.replace(st, key=f"{st.key}+{bits}", source=src)
+
+
+def quant_summary(q: dict[str, Any]) -> str:
+    if "scale" in q:
+        return f"{q['scheme']}, scale {q['scale']:g}, zero point {q['zero_point']}"
+    return f"{q['scheme']}, axis {q['axis']}, {q['channels']} scales and zero points"
+
+
+def _quantization(rec: TensorRecord) -> dict[str, Any] | None:
+    """The JSON-able summary of a quantized tensor's parameters (per-channel scales stay in their tensors)."""
+    q = rec.quant
+    if q is None:
+        return None
+    return {k: v for k, v in q.items() if k not in ("scales", "zero_points")}
+
+
+def to_tensor_info(
+    name: str, rec: TensorRecord, storages: dict[str, StorageInfo], path: str, byteorder: str = "little"
+) -> TensorInfo:
     ref: StorageRef = rec.storage
     offset = rec.storage_offset
     key = ref.key
@@ -253,10 +354,12 @@ def to_tensor_info(name: str, rec: TensorRecord, storages: dict[str, StorageInfo
     st = storages.get(key)
     if st is None:
         raise CorruptFileError(f"tensor {name!r} refers to storage {key!r}, which the file does not contain", path=path)
+    if rec.neg or rec.conj:
+        st = _view_bits(name, rec, st, path, byteorder)
     t = TensorInfo(
         name=name, dtype=rec.dtype, shape=rec.shape, storage=st, storage_offset=offset,
         stride=None if rec.stride == TensorInfo(name, rec.dtype, rec.shape).contiguous_stride else rec.stride,
-        is_parameter=rec.is_parameter, requires_grad=rec.requires_grad,
+        is_parameter=rec.is_parameter, requires_grad=rec.requires_grad, quantization=_quantization(rec),
     )  # fmt: skip
     lo, hi = t.span()
     if lo < 0 or hi * t.itemsize > st.nbytes:

@@ -171,8 +171,14 @@ def _direct(qualname: str) -> str | None:
     return None
 
 
+# names inside a dangerous module that only look data up (on torch's weights_only allowlist too)
+DATA_ONLY = frozenset({"torch.serialization._get_layout"})  # "torch.sparse_coo" -> the layout object
+
+
 def danger(qualname: str) -> str | None:
     """Why ``qualname`` (``module.name`` as Python would import it) is dangerous, or None when it is not."""
+    if qualname in DATA_ONLY:
+        return None
     cap = _direct(qualname)
     if cap is not None:
         return cap

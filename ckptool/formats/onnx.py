@@ -270,7 +270,7 @@ def _initializer(
     for d in shape:
         numel *= d
     need = numel * dt.itemsize
-    if location == 1 or external:
+    if location == 1:  # onnx and onnxruntime read external_data only when data_location is EXTERNAL
         loc = external.get("location", "")
         full = safe_external_path(path, loc)
         try:
@@ -453,7 +453,7 @@ def external_location(buf: Any, span: tuple[int, int]) -> tuple[str, dict[str, s
             external[k] = val
         elif num == TensorF.DATA_LOCATION and wt == 0:
             location = v
-    return name, (external if location == 1 or external else None)
+    return name, (external if location == 1 else None)
 
 
 def findings(buf: Any, size: int, path: str) -> Iterator[tuple[str, str, str | None]]:

@@ -10,7 +10,7 @@ absolute file offset) but not read. An archive that a plain reader would read di
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,7 @@ from ..checkpoint import ByteSource, Checkpoint, StorageInfo
 from ..errors import CorruptFileError, UnsupportedFormatError
 from ..sources import CHUNK, Source
 from . import _zipread as zr
-from . import unpickler
+from . import torchscript, unpickler
 from ._torch_tree import build_checkpoint, inert_notes, storage_ref
 
 if TYPE_CHECKING:
@@ -257,13 +257,9 @@ def read(src: Source, *, key: str | None = None) -> Checkpoint:
 
     def persistent_load(pid: Any) -> Any:
         ref = storage_ref(pid, legacy=False)
-        prev = refs.setdefault(ref.key, ref)
-        if (
-            prev.dtype != ref.dtype
-            and prev.numel * dtypes.lookup(prev.dtype).itemsize != ref.numel * dtypes.lookup(ref.dtype).itemsize
-        ):
-            raise CorruptFileError(f"storage {ref.key!r} is declared twice with different sizes", path=path)
-        return ref
+        # torch keeps the first declaration of a key (loaded_storages[key]): a later one with another dtype or
+        # size gets the first's typed storage, so its tensors show the first dtype
+        return refs.setdefault(ref.key, ref)
 
     root, _ = unpickler.load(
         pkl_buf,
@@ -363,6 +359,7 @@ def scan(ctx: ScanContext) -> None:
             "TorchScript archive: torch.jit.load compiles and runs its code/ folder (TorchScript, not "
             "Python); __torch__.* globals name its classes"
         )
+        _scan_code(ctx, ar)
     for kind, message, where in findings(ar):
         ctx.find(kind, message, where)
     torch_pkl = ar.record("data.pkl")
@@ -450,3 +447,24 @@ def _scan_crc(ctx: ScanContext, e: zr.Entry, off: int) -> None:
         )
     except zr.ZipError as err:
         ctx.find("zip-corrupt", err.reason, e.name)
+
+
+def _scan_code(ctx: ScanContext, ar: zr.Archive) -> None:
+    """A TorchScript archive's code records are a finding: torch.jit.load compiles and runs them."""
+
+    def reader(e: zr.Entry) -> Callable[[], bytes]:
+        return lambda: _member_bytes(ctx.src, ar, e, ctx.path, torchscript.MAX_CODE_BYTES)
+
+    code = [(e.name, e.size, reader(e)) for e in ar.entries if not e.is_dir and torchscript.is_code_record(e.name)]
+    try:
+        found: list[tuple[str | None, str]] = list(torchscript.code_findings(code))
+    except CorruptFileError as err:
+        found = [(None, f"TorchScript code that torch.jit.load runs; ckptool cannot vouch for it ({err.message})")]
+    for member, message in found:
+        ctx.find("torchscript-code", message, member)
+    if not code:
+        ctx.find(
+            "torchscript-code",
+            "a TorchScript archive without code/ records: torch.load hands it to torch.jit.load, which ckptool "
+            "cannot vouch for",
+        )

@@ -80,6 +80,27 @@ class TensorRecord:
     dtype: str
     requires_grad: bool = False
     is_parameter: bool = False
+    neg: bool = False  # torch's lazy negation bit (``_rebuild_tensor_v2`` metadata): values are -storage
+    conj: bool = False  # the lazy conjugation bit (complex): values are conj(storage)
+    quant: dict[str, Any] | None = None  # quantized: scheme, scale / zero point (or per-channel tensors), axis
+
+
+@dataclass
+class SparseRecord:
+    """A sparse COO tensor (``_rebuild_sparse_tensor``): its indices and values tensors and its dense size."""
+
+    layout: str
+    indices: TensorRecord
+    values: TensorRecord
+    shape: tuple[int, ...]
+
+    @property
+    def dtype(self) -> str:
+        return self.values.dtype
+
+    @property
+    def nnz(self) -> int:
+        return self.values.shape[0] if self.values.shape else 1
 
 
 class PickledDict(dict):  # type: ignore[type-arg]
@@ -136,22 +157,54 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any) -> Tensor
     return _tensor(storage, offset, size, stride)
 
 
+def _set_metadata(t: TensorRecord, metadata: Any) -> None:
+    """torch's ``set_tensor_metadata``: the *presence* of "conj" / "neg" sets the bit (its value is ignored);
+    other keys are ignored. The conj bit on a non-complex tensor fails in torch (an internal assert)."""
+    if not metadata:
+        return
+    if not isinstance(metadata, dict):
+        raise CorruptFileError(f"tensor metadata is a {type(metadata).__name__}, not a dict")
+    if "conj" in metadata:
+        if not t.dtype.startswith("complex"):
+            raise CorruptFileError(f"tensor metadata sets the conj bit on a {t.dtype} tensor (torch.load fails on it)")
+        t.conj = True
+    if "neg" in metadata:
+        t.neg = True
+
+
 def _rebuild_tensor_v2(
-    storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False, *_: Any
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any = False,
+    hooks: Any = None,
+    metadata: Any = None,
+    *_: Any,
 ) -> TensorRecord:
     t = _tensor(storage, offset, size, stride)
     t.requires_grad = bool(requires_grad)
+    _set_metadata(t, metadata)
     return t
 
 
 def _rebuild_tensor_v3(
-    storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, dtype: Any, *_: Any
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any,
+    hooks: Any,
+    dtype: Any,
+    metadata: Any = None,
+    *_: Any,
 ) -> TensorRecord:
     name = dtype.name if isinstance(dtype, Global) else None
     if name is None:
         raise CorruptFileError("_rebuild_tensor_v3 without a dtype")
     t = _tensor(storage, offset, size, stride, dtypes.lookup(name).name)
     t.requires_grad = bool(requires_grad)
+    _set_metadata(t, metadata)
     return t
 
 
@@ -162,13 +215,156 @@ def _rebuild_parameter(data: Any, requires_grad: Any = False, *_: Any) -> Any:
     return data
 
 
-def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+# Tensor attributes whose setters change (or reinterpret) the values: a state that sets one is refused.
+_VALUE_ATTRS = frozenset({"real", "imag", "T", "H", "mT", "mH", "_cdata", "dtype", "device", "shape", "layout"})
+
+
+def _take_data(rec: TensorRecord, data: Any) -> None:
+    """``param.data = t``: the record now shows t's storage, offset, shape, stride, dtype and view bits."""
+    if not isinstance(data, TensorRecord):
+        raise CorruptFileError(f"a tensor state sets data to a {type(data).__name__}, not a tensor")
+    rec.storage, rec.storage_offset, rec.shape, rec.stride = data.storage, data.storage_offset, data.shape, data.stride
+    rec.dtype, rec.neg, rec.conj = data.dtype, data.neg, data.conj
+
+
+def _set_obj_state(obj: Any, state: Any) -> Any:
+    """torch's ``_utils._set_obj_state`` on a tensor: a dict (or a (dict, slots) pair) of attributes set with
+    setattr. ``data`` replaces the values (torch.load returns the state's tensor); attributes that change the
+    values any other way are refused; other attributes carry no values and are ignored."""
+    if isinstance(state, tuple):
+        if len(state) != 2:
+            raise CorruptFileError(f"invalid serialized tensor state: a tuple of {len(state)}")
+        parts = [state[0], state[1]]
+    else:
+        parts = [state]
+    for part in parts:
+        if not part:
+            continue
+        if not isinstance(part, dict):
+            raise CorruptFileError(f"invalid serialized tensor state: a {type(part).__name__}")
+        for k, v in part.items():
+            if not isinstance(k, str):
+                raise CorruptFileError("tensor state attribute names must be strings")
+            if k == "data":
+                if not isinstance(obj, TensorRecord):
+                    raise CorruptFileError("a tensor state on something that is not a tensor")
+                _take_data(obj, v)
+            elif k in _VALUE_ATTRS:
+                raise CorruptFileError(
+                    f"a tensor state sets {k!r}, which changes its values in torch; ckptool does not apply it"
+                )
+            elif k == "requires_grad" and isinstance(obj, TensorRecord):
+                obj.requires_grad = bool(v)
+    return obj
+
+
+def _rebuild_parameter_with_state(
+    data: Any, requires_grad: Any = False, hooks: Any = None, state: Any = None, *_: Any
+) -> Any:
+    return _set_obj_state(_rebuild_parameter(data, requires_grad), state)
+
+
+QSCHEMES = ("per_tensor_affine", "per_channel_affine", "per_channel_affine_float_qparams")
+
+
+def _rebuild_qtensor(
+    storage: Any, offset: Any, size: Any, stride: Any, qparams: Any, requires_grad: Any = False, *_: Any
+) -> TensorRecord:
+    """A quantized tensor as data: the integer storage, plus its scheme and scale / zero point (torch's checks:
+    a known scheme, per-channel axis in range and one scale and zero point per channel)."""
+    t = _tensor(storage, offset, size, stride)
+    if not t.dtype.startswith(("qint", "quint")):
+        raise CorruptFileError(f"_rebuild_qtensor on a {t.dtype} storage")
+    t.requires_grad = bool(requires_grad)
+    if not isinstance(qparams, tuple) or not qparams or not isinstance(qparams[0], Global):
+        raise CorruptFileError("_rebuild_qtensor without a quantization scheme")
+    scheme = qparams[0].name
+    if scheme == "per_tensor_affine" and len(qparams) == 3:
+        _, scale, zero_point = qparams
+        if not isinstance(scale, (int, float)) or not isinstance(zero_point, int):
+            raise CorruptFileError("per-tensor quantization needs a float scale and an int zero point")
+        t.quant = {"scheme": scheme, "scale": float(scale), "zero_point": int(zero_point)}
+    elif scheme in QSCHEMES[1:] and len(qparams) == 4:
+        _, scales, zero_points, axis = qparams
+        if not isinstance(axis, int) or not 0 <= axis < len(t.shape):
+            raise CorruptFileError(f"per-channel quantization axis {axis!r} is out of range for {list(t.shape)}")
+        n = t.shape[axis]
+        lens = [len(x) if isinstance(x, list) else (x.shape[0] if isinstance(x, TensorRecord) and x.shape else -1)
+                for x in (scales, zero_points)]  # fmt: skip
+        if lens != [n, n]:
+            raise CorruptFileError(f"per-channel quantization needs {n} scales and zero points, found {lens}")
+        t.quant = {"scheme": scheme, "axis": axis, "channels": n, "scales": scales, "zero_points": zero_points}
+    else:
+        raise CorruptFileError(f"unsupported quantization scheme {scheme} with {len(qparams)} parameters")
+    return t
+
+
+def _rebuild_sparse_tensor(layout: Any, data: Any) -> SparseRecord:
+    name = layout.name if isinstance(layout, Global) else None
+    if name != "sparse_coo":
+        raise CorruptFileError(f"sparse layout {name or type(layout).__name__} is not supported (sparse COO is)")
+    if not isinstance(data, tuple) or len(data) not in (3, 4):
+        raise CorruptFileError("sparse COO tensor data is not (indices, values, size[, is_coalesced])")
+    indices, values, size = data[:3]
+    if not isinstance(indices, TensorRecord) or not isinstance(values, TensorRecord):
+        raise CorruptFileError("sparse COO indices and values must be tensors")
+    shape = _as_int_tuple(size, "size")
+    if len(indices.shape) != 2 or indices.shape[1] != (values.shape[0] if values.shape else 1):
+        raise CorruptFileError("sparse COO indices and values disagree")
+    return SparseRecord(name, indices, values, shape)
+
+
+LAYOUTS = ("strided", "sparse_coo", "sparse_csr", "sparse_csc", "sparse_bsr", "sparse_bsc", "_mkldnn", "jagged")
+
+
+def _get_layout(name: Any = None, *_: Any) -> Global:
+    """``torch.serialization._get_layout("torch.sparse_coo")``: how torch pickles a layout (a name lookup in
+    torch's own table, nothing imported)."""
+    if not isinstance(name, str) or name.removeprefix("torch.") not in LAYOUTS or not name.startswith("torch."):
+        raise CorruptFileError(f"_get_layout of {str(name)[:40]!r}, which is not a torch layout")
+    return Global("torch", name.removeprefix("torch."))
+
+
+def _counter(*args: Any) -> PickledDict:
+    d = PickledDict()
+    d.kind = "Counter"
+    if args and isinstance(args[0], dict):
+        d.update(args[0])
+    elif args and args[0] is not None:
+        raise CorruptFileError("collections.Counter rebuilt from something that is not a dict")
+    return d
+
+
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None) -> Any:
     if not (isinstance(new_type, Global) and new_type.qualname in ("torch.Tensor", "torch.nn.parameter.Parameter")):
         name = new_type.qualname if isinstance(new_type, Global) else type(new_type).__name__
         raise UnsafePickleError(f"tensor subclass {name} is not allowed", global_name=name)
     if not isinstance(func, Global) or func.qualname not in ALLOWED:
         raise UnsafePickleError("_rebuild_from_type_v2 with a non-allowed function")
-    return call(func, tuple(args))
+    if not isinstance(args, (tuple, list)):
+        raise CorruptFileError("_rebuild_from_type_v2 arguments are not a tuple")
+    return _set_obj_state(call(func, tuple(args)), state)
+
+
+def _tensor_setstate(rec: TensorRecord, state: Any, where: str) -> None:
+    """BUILD on a rebuilt tensor. torch (weights_only) calls ``tensor.set_(*state)`` on a Tensor and
+    ``Tensor.__setstate__`` on a Parameter (which calls ``set_`` for 4 items); the C unpickler calls
+    ``__setstate__`` for both. ckptool applies the 4-item form, where both agree: (storage, offset, size,
+    stride) replaces what the tensor shows. Anything else is refused."""
+    if not (isinstance(state, tuple) and len(state) == 4):
+        what = f"a tuple of {len(state)}" if isinstance(state, tuple) else f"a {type(state).__name__}"
+        raise CorruptFileError(f"{where}: BUILD on a tensor with {what} (torch calls set_() with it)")
+    source, offset, size, stride = state
+    if isinstance(source, TensorRecord):
+        source = source.storage
+    if not isinstance(source, StorageRef):
+        raise CorruptFileError(f"{where}: BUILD sets a tensor to a {type(source).__name__}, not a storage")
+    if source.dtype != rec.dtype and source.dtype != "uint8":
+        raise CorruptFileError(
+            f"{where}: BUILD sets a {rec.dtype} tensor to a {source.dtype} storage (torch refuses set_ across dtypes)"
+        )
+    new = _tensor(source, offset, size, stride, rec.dtype)
+    rec.storage, rec.storage_offset, rec.shape, rec.stride = new.storage, new.storage_offset, new.shape, new.stride
 
 
 def _size(*args: Any) -> tuple[Any, ...]:
@@ -243,11 +439,16 @@ class DTypeOrStorage(Global):
 # name -> what a REDUCE/NEWOBJ "call" of it does (None: a value, not callable)
 ALLOWED: dict[str, Callable[..., Any] | None] = {
     "collections.OrderedDict": _ordered_dict,
+    "collections.Counter": _counter,
+    "torch._utils._rebuild_qtensor": _rebuild_qtensor,
+    "torch._utils._rebuild_sparse_tensor": _rebuild_sparse_tensor,
+    **{f"torch.{q}": None for q in QSCHEMES},
+    "torch.serialization._get_layout": _get_layout,
     "torch._utils._rebuild_tensor": _rebuild_tensor,
     "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
     "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
     "torch._utils._rebuild_parameter": _rebuild_parameter,
-    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter_with_state,
     "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
     "torch.Size": _size,
     "torch.device": _device,
@@ -1384,7 +1585,7 @@ def _build(obj: Any, state: Any, where: str) -> None:
         if isinstance(state, dict):
             obj.fields.update(state)
     elif isinstance(obj, TensorRecord):
-        pass  # e.g. _rebuild_parameter_with_state; metadata only
+        _tensor_setstate(obj, state, where)
     elif isinstance(obj, Global):
         # pickle's BUILD on a class or function sets attributes on it (``setattr(os, ...)``): never allowed
         raise UnsafePickleError(

@@ -80,8 +80,9 @@ def test_refused_like_torch(case: str, corrupt: dict[str, Path], torch_view: dic
 @pytest.mark.parametrize("case", CASES)
 def test_export_refuses_too(case: str, corrupt: dict[str, Path], tmp_path: Path, cli) -> None:
     out = tmp_path / "out.safetensors"
-    r = cli("export", corrupt[case], "-o", out)
+    r = cli("export", corrupt[case], "--safetensors", out)
     assert r.exit_code == 2 and not out.exists()
+    assert str(corrupt[case]) in r.output and "Usage" not in r.output
 
 
 @pytest.mark.parametrize(

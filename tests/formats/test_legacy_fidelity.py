@@ -122,4 +122,5 @@ def test_tar_header_message_and_weights_only(files: dict[str, Path]) -> None:
 
 def test_export_refuses_the_tar_header_file(files: dict[str, Path], tmp_path: Path, cli) -> None:
     out = tmp_path / "o.safetensors"
-    assert cli("export", files["tar-header"], "-o", out).exit_code == 2 and not out.exists()
+    r = cli("export", files["tar-header"], "--safetensors", out)
+    assert r.exit_code == 2 and not out.exists() and "valid tar header" in r.output
