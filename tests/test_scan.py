@@ -227,7 +227,8 @@ def test_torchscript_archive(tmp_path: Path) -> None:
     path = tmp_path / "ts.pt"
     torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU())), path)
     report = scan(path)
-    assert report.format == "torchscript" and report.safe
+    assert report.format == "torchscript" and not report.safe  # its code runs at load: never "ok" (issue 14)
+    assert {f.kind for f in report.findings} == {"torchscript-code"}
     assert any(g.name.startswith("__torch__.") and g.verdict == SAFE for g in report.globals)
     assert len(report.pickles) >= 2  # data.pkl and constants.pkl
 
