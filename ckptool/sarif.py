@@ -34,6 +34,8 @@ RULES: dict[str, tuple[str, str]] = {
     "unknown-global": ("A pickle references a global outside the tensor allowlist: torch.load(weights_only=True) "
                        "refuses it, pickle.load would import it", "7.0"),
     "hidden-pickle": ("Another pickle follows the first one's STOP: other loaders may run it", "8.0"),
+    "torchscript-code": ("A TorchScript archive: torch.load / torch.jit.load compile and run its code, which "
+                         "ckptool cannot vouch for", "8.0"),
     "parser-differential": ("The archive reads differently in ckptool and in torch's reader", "9.0"),
     "invalid-pickle": ("A pickle that does not parse: pickle.load runs every opcode before the error", "6.0"),
     "trailing-data": ("Unexplained bytes after a pickle", "4.0"),
