@@ -24,6 +24,7 @@ RANKS = {
     "checkpoint": 2,
     "formats": 3, "arch": 3,
     "layers": 4, "compat": 4, "diff": 4, "scan": 4,
+    "policy": 5, "scanset": 6, "sarif": 7,  # scan for CI: the policy file, folders and globs, SARIF
     "runtime": 5,
     "parity": 6, "predict": 7, "labels": 6,
     "convert": 8,
