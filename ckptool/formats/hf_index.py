@@ -352,6 +352,10 @@ def _combine(loc: Location, out: Sharded, notes: list[str]) -> Checkpoint:
     metas = [ck.metadata.get("__metadata__") for ck in cks]
     if metas and all(m == metas[0] for m in metas) and metas[0] is not None:
         meta["__metadata__"] = metas[0]
+    names = {t.name for t in tensors}
+    for k, v in index.metadata.items():  # HF's record of tensors dropped as shared storage: dropped -> kept
+        if isinstance(v, str) and v in names and k not in names:
+            notes.append(f"{k} is not stored: the index metadata says it shares storage with {v} (dropped on save)")
     meta["index"] = {
         "file": index.name or None,
         "metadata": index.metadata,

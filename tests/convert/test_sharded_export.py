@@ -89,6 +89,11 @@ def test_tied_embeddings_load_into_a_tied_model(tmp_path: Path, small_lm: SD) ->
     torch.save(sd, tmp_path / "tied.bin")
     with open_checkpoint(tmp_path / "tied.bin") as ck:
         export_sharded(ck, tmp_path / "out", max_shard_size=3000)
+    with open_checkpoint(tmp_path / "out") as back:
+        assert back.notes == [
+            "model.embed_tokens.weight is not stored: the index metadata says it shares storage with lm_head.weight "
+            "(dropped on save)"
+        ]
     model = module_for(sd, tie=("model.embed_tokens.weight", "lm_head.weight"))
     res = load_torch_model(model, tmp_path / "out", strict=False)
     assert res.missing_keys == ["model.embed_tokens.weight"]  # dropped, as HF drops it; the tie restores it
