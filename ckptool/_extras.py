@@ -3,7 +3,8 @@ without torch. Running a model needs an extra; :func:`require` turns a missing o
 :class:`~ckptool.errors.MissingExtraError` (one line, exit 2) that names the extra to install.
 
 Extras: ``torch`` (torch, onnx, onnxscript, onnxruntime, Pillow: ONNX export, parity, predict on a
-checkpoint, ``module:callable`` architectures) and ``onnx`` (onnxruntime, Pillow: predict on an ONNX model).
+checkpoint, ``module:callable`` architectures), ``onnx`` (onnxruntime, Pillow: predict on an ONNX model) and
+``remote`` (fsspec, huggingface_hub: ``s3://``/``gs://`` URLs, the Hub login token).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from .errors import MissingExtraError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "torch": ("torch>=2.4", "onnx>=1.16", "onnxscript>=0.1", "onnxruntime>=1.18", "Pillow>=10"),
     "onnx": ("onnxruntime>=1.18", "Pillow>=10"),
+    "remote": ("fsspec>=2023.1", "huggingface_hub>=0.23"),
 }
 # import name -> the distribution pip installs it from
-_DIST = {"PIL": "Pillow", "onnx_ir": "onnxscript"}
+_DIST = {"PIL": "Pillow", "onnx_ir": "onnxscript", "huggingface_hub": "huggingface_hub"}
 
 
 def available(module: str) -> bool:

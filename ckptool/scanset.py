@@ -187,7 +187,7 @@ def expand(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Target | ScanF
     for raw in paths:
         p = os.fspath(raw)
         targets: list[Target] = []
-        if not os.path.lexists(p) and _has_magic(p):
+        if not os.path.lexists(p) and _has_magic(p) and "://" not in p:  # a URL's "?" is no glob
             matches = sorted(glob.glob(p, recursive=True))
             if not matches:
                 items.append(_failure(p, UnreadableError("no file matches this pattern", path=p)))

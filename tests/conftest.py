@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from ckptool.checkpoint import Checkpoint
 
-pytest_plugins = ["cli.clihelp"]  # the CLI fixtures: tty, pipeline, brackets
+pytest_plugins = ["cli.clihelp", "sources.remote_fixtures"]  # the CLI fixtures: tty, pipeline, brackets
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"

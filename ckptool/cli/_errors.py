@@ -72,13 +72,27 @@ def _fail(ctx: Context, line: str, obj: dict[str, Any], code: int = 2) -> typer.
 class CkptGroup(TyperGroup):
     """The CLI group: runs a command and turns whatever it raises into one line on stderr and an exit code."""
 
+    def _invoke(self, ctx: Context) -> Any:
+        """The command; when it ends with a result (exit 0 or 1), what it fetched from URLs on stderr."""
+        try:
+            result = super().invoke(ctx)
+        except FindingsError:
+            _fetched()
+            raise
+        _fetched()
+        return result
+
     def invoke(self, ctx: Context) -> Any:
+        from ..sources import remote
+
         _output.reset()
+        remote.STATS.reset()
+        remote.set_timeout(None)
         # before the command parses its options (a usage error there still answers in JSON)
         args = [*getattr(ctx, "_protected_args", []), *ctx.args]
         ctx.meta["ckptool.json"] = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
         try:
-            return super().invoke(ctx)
+            return self._invoke(ctx)
         except FindingsError:
             raise typer.Exit(1) from None
         except typer.Exit:
@@ -126,6 +140,12 @@ class CkptGroup(TyperGroup):
             last = _output.current()
             if last is not None:
                 last.flush()
+
+
+def _fetched() -> None:
+    out = _output.current()
+    if out is not None:
+        out.fetched()
 
 
 def without_part(e: WeightsMismatchError) -> WeightsMismatchError:

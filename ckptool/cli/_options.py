@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 PathArg = Annotated[
-    Path,
+    str,  # not a Path: Path("https://host/f") collapses the "//" of a URL
     typer.Argument(
-        help="Checkpoint file: .pth/.pt/.bin/.ckpt (torch zip or legacy), .safetensors, .onnx.", show_default=False
+        help="Checkpoint file: .pth/.pt/.bin/.ckpt (torch zip or legacy), .safetensors, .onnx; or a URL: "
+        "https://, http://, hf://ORG/REPO[@REV][/FILE], s3://, gs:// (header-only range reads).",
+        show_default=False,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")]
@@ -23,6 +24,27 @@ KeyOpt = Annotated[
     ),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+
+
+def _timeout(value: float | None) -> float | None:
+    from ..sources import remote
+
+    remote.set_timeout(value)
+    return value
+
+
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        min=0.1,
+        metavar="SECONDS",
+        callback=_timeout,
+        help="For URLs: give up when the server does not answer (connect or any read) within this many seconds "
+        "(default 30, or CKPTOOL_TIMEOUT).",
+        show_default=False,
+    ),
+]
 
 
 def _allow_globals(ctx: typer.Context, value: list[str] | None) -> list[str] | None:

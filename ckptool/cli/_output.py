@@ -254,8 +254,13 @@ class Output:
 
     # -- JSON -----------------------------------------------------------------------------------------
     def json(self, obj: Any) -> None:
-        """The one JSON object of a ``--json`` run (see :func:`encode_json`)."""
+        """The one JSON object of a ``--json`` run (see :func:`encode_json`). When the command read a URL, a
+        result object also says what it cost: ``bytes_fetched`` and ``requests``."""
         self.json_written = True
+        from ..sources import remote
+
+        if isinstance(obj, dict) and "error" not in obj and remote.STATS.requests:
+            obj = {**obj, "bytes_fetched": remote.STATS.bytes_fetched, "requests": remote.STATS.requests}
         self._write(encode_json(obj) + "\n")
 
     # -- stderr ---------------------------------------------------------------------------------------
@@ -271,6 +276,14 @@ class Output:
 
     def error(self, text: str) -> None:
         self._err(f"ckptool: error: {text}")
+
+    def fetched(self) -> None:
+        """``fetched 212 KB in 3 requests`` on stderr, when the command read a URL (not in JSON mode)."""
+        from ..sources import remote
+
+        line = remote.summary()
+        if line and self.mode != "json":
+            self._err(line)
 
     # -- progress (stderr, terminal only, transient) -------------------------------------------------------
     def progress(self, label: str, delay: float = 1.0) -> ProgressBar:

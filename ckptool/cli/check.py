@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import FindingsError
-from ._options import AllowGlobalOpt, ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt, PartOpt, PathArg
+from ._options import AllowGlobalOpt, ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt, PartOpt, PathArg, TimeoutOpt
 from ._output import Output, start
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ def check(
     key: KeyOpt = None,
     json_: JsonOpt = False,
     allow_global: AllowGlobalOpt = None,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Does the file fit the architecture? Missing, unexpected and mis-shaped keys, in words.
 

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..errors import FindingsError, UsageError
-from ._options import AllowGlobalOpt, JsonOpt
+from ._options import AllowGlobalOpt, JsonOpt, TimeoutOpt
 from ._output import Output, dims, human_bytes, start
 
 if TYPE_CHECKING:
     from ..diff import DiffReport
 
 FileA = Annotated[
-    Path, typer.Argument(help="First file (.pth/.pt/.bin/.ckpt, .safetensors, .onnx).", show_default=False)
+    str, typer.Argument(help="First file (.pth/.pt/.bin/.ckpt, .safetensors, .onnx) or URL.", show_default=False)
 ]
-FileB = Annotated[Path, typer.Argument(help="Second file, any supported format.", show_default=False)]
+FileB = Annotated[str, typer.Argument(help="Second file or URL, any supported format.", show_default=False)]
 AtolOpt = Annotated[
     float,
     typer.Option(
@@ -52,7 +51,7 @@ TORCH_FORMATS = ("torch-zip", "torch-legacy", "torchscript")
 SHOW = 20  # names listed per section before "... and N more"
 
 
-def _key_for(path: Path, key: str | None) -> str | None:
+def _key_for(path: str, key: str | None) -> str | None:
     from ..formats import detect_format
 
     if key is None:
@@ -142,6 +141,7 @@ def diff(
     show_all: AllOpt = False,
     json_: JsonOpt = False,
     allow_global: AllowGlobalOpt = None,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Compare two checkpoints: keys only in A / only in B, shape and dtype differences, and the max abs
     difference of every common tensor. Exit 0 identical (bit for bit, or within --atol), 1 different."""

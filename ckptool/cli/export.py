@@ -22,6 +22,7 @@ from ._options import (
     PathArg,
     RtolOpt,
     StolOpt,
+    TimeoutOpt,
 )
 from ._output import Output, dims, human_bytes, start
 
@@ -94,6 +95,7 @@ def export(
     force: ForceOpt = False,
     json_: JsonOpt = False,
     allow_global: AllowGlobalOpt = None,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Convert a checkpoint: --safetensors OUT or --pth OUT (streamed, bit-exact, torch-free), or --onnx OUT
     --arch NAME (exported, checked with onnx.checker, verified against torch). Exit 0 done, 1 parity failed,
@@ -132,7 +134,7 @@ FLAGS = {"safetensors": "safetensors", "pth": "torch-zip"}  # --flag -> its writ
 
 
 def _export_tensors(
-    o: Output, path: Path, kind: str, target: Path, *, key: str | None, force: bool, verify: bool
+    o: Output, path: str, kind: str, target: Path, *, key: str | None, force: bool, verify: bool
 ) -> None:
     from ..formats import open_checkpoint
 
@@ -227,7 +229,7 @@ def render_export(o: Output, r: Any) -> None:
 # ---------------------------------------------------------------------------------------------------
 def _export_onnx(
     o: Output,
-    path: Path,
+    path: str,
     target: Path,
     *,
     key: str | None,

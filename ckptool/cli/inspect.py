@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -12,7 +11,7 @@ from ..checkpoint import Checkpoint
 from ..errors import CkptError
 from ..formats import open_checkpoint
 from ._errors import error_object
-from ._options import AllowGlobalOpt, JsonOpt, KeyOpt
+from ._options import AllowGlobalOpt, JsonOpt, KeyOpt, TimeoutOpt
 from ._output import dims, human_bytes, human_count, start
 
 FilterOpt = Annotated[
@@ -30,7 +29,7 @@ PlainOpt = Annotated[
 
 
 PathsArg = Annotated[
-    list[Path],
+    list[str],  # not Path: a URL keeps its "//"
     typer.Argument(
         help="Checkpoints: files (.pth/.pt/.bin/.ckpt, .safetensors, .onnx), folders of shards, *.index.json. "
         "Several are listed one after the other.",
@@ -46,6 +45,7 @@ def inspect(
     plain: PlainOpt = False,
     json_: JsonOpt = False,
     allow_global: AllowGlobalOpt = None,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """List every tensor: name, shape, dtype, elements, bytes (and the shard, for a sharded checkpoint). Never
     imports torch, never reads tensor data."""

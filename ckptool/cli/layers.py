@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._options import AllowGlobalOpt, ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt, PartOpt, PathArg
+from ._options import AllowGlobalOpt, ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt, PartOpt, PathArg, TimeoutOpt
 from ._output import Output, dims, human_count, start
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ def layers(
     key: KeyOpt = None,
     json_: JsonOpt = False,
     allow_global: AllowGlobalOpt = None,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Every module in forward order (ReLU, pooling and dropout included) with its paper-style name,
     weight-layer number (conv and linear layers only), weight shape and parameter count."""

@@ -10,7 +10,7 @@ import typer
 
 from ..errors import FindingsError
 from ._errors import error_object
-from ._options import AllowGlobalOpt, JsonOpt
+from ._options import AllowGlobalOpt, JsonOpt, TimeoutOpt
 from ._output import Output, Part, plural, start
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..scanset import Skipped
 
 PathsArg = Annotated[
-    list[Path],
+    list[str],  # not Path: a URL keeps its "//"
     typer.Argument(
         help="Weight files (.pth/.pt/.bin/.ckpt torch zip or legacy, pickles, .safetensors, .onnx), folders (walked "
         "recursively: every file recognised by its content) and globs ('weights/**/*.bin').",
@@ -136,6 +136,7 @@ def scan(
     no_policy: NoPolicyOpt = False,
     json_: JsonOpt = False,
     allow_global: AllowGlobalOpt = None,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Static safety and integrity scan for CI: every pickle and every global it references (safe / dangerous /
     unknown), hidden pickles, NaN/Inf and negative running_var, zip and safetensors structure, ONNX external data,

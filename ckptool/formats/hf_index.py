@@ -208,6 +208,9 @@ def findings(
     closes them)."""
     read_file = _reader(read_file)
     out.index = index
+    warm = getattr(loc, "prefetch", None)  # a remote folder: every shard's first read, concurrently
+    if warm is not None:
+        warm(index.shards())
     for shard in index.shards():
         try:
             full = loc.resolve(shard)

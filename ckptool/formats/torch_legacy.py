@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .. import dtypes
 from ..checkpoint import ByteSource, Checkpoint, StorageInfo
 from ..errors import CorruptFileError, UnsupportedFormatError
-from ..sources import Source
+from ..sources import Source, prefetch
 from . import unpickler
 from ._torch_tree import build_checkpoint, inert_notes, storage_ref
 
@@ -110,6 +110,11 @@ def read(src: Source, *, key: str | None = None) -> Checkpoint:
 
     storages: dict[str, StorageInfo] = {}
     size = len(mm)
+    counts, at = [], pos  # where each storage's element count sits, if the pickle tells the truth
+    for k in keys:
+        counts.append((at, 8))
+        at += 8 + refs[k].numel * dtypes.lookup(refs[k].dtype).itemsize
+    prefetch(src, counts)  # one round trip for a remote file
     for k in keys:
         ref = refs[k]
         item = dtypes.lookup(ref.dtype).itemsize

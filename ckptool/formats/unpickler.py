@@ -710,6 +710,12 @@ class _Source:
             self.tell = buf.tell
             return
         self._mm = None
+        reader = getattr(buf, "reader", None)
+        if reader is not None:  # a lazy remote buffer: read through its cache, never copy buf[pos:end]
+            f = reader(pos)
+            self._bio, self._base = f, 0
+            self.read, self.tell = f.read, f.tell
+            return
         if isinstance(buf, bytes):
             bio = io.BytesIO(buf)  # shares the bytes object, no copy
             bio.seek(pos)

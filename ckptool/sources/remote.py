@@ -1,0 +1,1095 @@
+"""Remote files as a :class:`~ckptool.sources.Source`: HTTP(S) range reads, ``hf://`` and any fsspec URL.
+
+Header walks read a few small ranges of a file that may be gigabytes: a torch zip's central directory at
+its end and ``data.pkl`` at its start, a legacy file's pickles at its start, a safetensors header. A
+:class:`RemoteSource` fetches only those ranges and keeps them in an extent cache; :meth:`RemoteSource.buffer`
+is a lazy, sliceable view over it (the formats slice it as they slice a memory map), and
+:meth:`RemoteSource.prefetch` lets a format ask for many small ranges it already knows (every local zip
+header, every legacy storage's element count) in one round trip: one multi-range request when the server
+answers with ``multipart/byteranges``, else one merged range per gap. Tensor bytes stream through one open
+response per contiguous run, never through the cache.
+
+**Why these numbers** (measured with ``bench/bench_remote.py`` against a local nginx, vgg16_bn 553 MB):
+
+* The first request reads the first :data:`HEAD_BLOCK` (64 KB) and learns the size from ``Content-Range``: it
+  holds the safetensors header, the legacy pickles and a torch zip's ``data.pkl`` of every model we measured.
+* A zip's end is read once, :data:`TAIL_BLOCK` (64 KB: the EOCD's comment may be 64 KB, and the central
+  directory of ~100 members is ~10 KB), as a suffix range.
+* Other misses round to :data:`BLOCK` (64 KB) blocks; a larger block only adds bytes (the budget is 512 KB),
+  a smaller one adds requests.
+
+**HTTP is served by the standard library, not fsspec's HTTPFileSystem:** that needs aiohttp, and its
+``cat_file(path, start, end)`` reads whatever body the server sends (``await r.read()``) even when the server
+ignored ``Range`` and sends 15 GB. Here every body is read against a cap, a ``200`` to a range request is
+refused (unless the whole file is smaller than :data:`MAX_WHOLE`), redirects to another host drop the
+credentials, and every socket operation has the timeout. Other schemes (``s3://``, ``gs://``, ...) go through
+fsspec's ``cat_file``/``cat_ranges``, which read exactly the ranges asked for.
+
+Credentials (URL userinfo, tokens, query-string signatures) never reach a message: :func:`redact` is the
+only form of a URL that :attr:`RemoteSource.name` and errors carry.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import http.client
+import io
+import os
+import re
+import ssl
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import IO, Any
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
+
+from ..errors import CorruptFileError, UnreadableError, UsageError
+
+HEAD_BLOCK = 64 << 10
+TAIL_BLOCK = 64 << 10
+BLOCK = 64 << 10
+STREAM_MIN = 256 << 10  # reads this large bypass the cache and stream
+STREAM_SKIP = 1 << 20  # an open stream reads on over a gap this small rather than start a new request
+STREAM_WINDOW = 16 << 20  # one streamed response covers this much (what a server sends past a jump is bounded)
+MAX_WHOLE = 16 << 20  # a server that ignores Range: read a file up to this size whole, refuse a larger one
+CACHE_LIMIT = 256 << 20  # header bytes kept; a pickle larger than this is re-fetched, not kept
+MAX_REDIRECTS = 5
+DEFAULT_TIMEOUT = 30.0
+MERGE_GAP = 4 << 10
+MAX_RANGE_HEADER = 4000  # characters of one Range header (nginx's default line limit is 8 KB)  # prefetched ranges closer than this are fetched as one
+
+_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+def is_url(path: object) -> bool:
+    """Whether a path string is a URL ckptool opens remotely (``file://`` is not: it is a local path)."""
+    if not isinstance(path, str):
+        return False
+    m = _URL.match(path)
+    return m is not None and m.group(1).lower() != "file"
+
+
+def redact(url: str) -> str:
+    """The URL as messages may show it: no ``user:password@``, every query value replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<url>"
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = "&".join(f"{kv.split('=', 1)[0]}=***" if "=" in kv else "***" for kv in parts.query.split("&") if kv)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+# ---------------------------------------------------------------------------------------------------
+# settings and what it cost
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class Stats:
+    """Requests sent and body bytes received by every remote source of this process (reset per command)."""
+
+    requests: int = 0
+    bytes_fetched: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, requests: int = 0, nbytes: int = 0) -> None:
+        with self._lock:
+            self.requests += requests
+            self.bytes_fetched += nbytes
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests = 0
+            self.bytes_fetched = 0
+        forget()
+
+
+STATS = Stats()
+_settings: dict[str, float] = {}
+
+
+def set_timeout(seconds: float | None) -> None:
+    """The timeout of every socket operation (connect, each read) of remote sources opened after this."""
+    if seconds is None:
+        _settings.pop("timeout", None)
+    else:
+        _settings["timeout"] = float(seconds)
+
+
+def timeout() -> float:
+    if "timeout" in _settings:
+        return _settings["timeout"]
+    env = os.environ.get("CKPTOOL_TIMEOUT", "")
+    try:
+        return float(env) if env else DEFAULT_TIMEOUT
+    except ValueError:
+        return DEFAULT_TIMEOUT
+
+
+def human(n: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= scale:
+            v = n / scale
+            return f"{v:.0f} {unit}" if v >= 10 else f"{v:.1f} {unit}"
+    return f"{n} B"
+
+
+def summary() -> str | None:
+    """``fetched 212 KB in 3 requests``, or None when nothing remote was read."""
+    if not STATS.requests:
+        return None
+    r = STATS.requests
+    return f"fetched {human(STATS.bytes_fetched)} in {r} request{'s' if r != 1 else ''}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# HTTP
+# ---------------------------------------------------------------------------------------------------
+class _Response:
+    def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse, url: str):
+        self.conn, self.resp, self.url = conn, resp, url
+        self.status = resp.status
+        self.headers = resp.headers
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.resp.close()
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+class HttpFile:
+    """One URL over HTTP(S): range GETs with a cap on every body, redirects followed with care."""
+
+    def __init__(self, url: str, *, headers: dict[str, str] | None = None, name: str | None = None):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"not an http(s) URL: {redact(url)}")
+        self.headers = dict(headers or {})
+        if parts.username is not None or parts.password is not None:
+            import base64
+            from urllib.parse import unquote
+
+            cred = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
+            self.headers["Authorization"] = "Basic " + base64.b64encode(cred).decode()
+            url = urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, parts.query, ""))
+        self.url = url  # where requests go (after the first redirect: where it led)
+        self.origin = _origin(url)
+        self.name = name or redact(url)
+        self.timeout = timeout()
+        self.size = -1
+        self.multi_ok = True
+        self.auth_hint = "give them in the URL: https://USER:PASSWORD@host/..."
+        self._local = threading.local()
+
+    # -- one request ------------------------------------------------------------------------------------------
+    def _conn(self, url: str) -> http.client.HTTPConnection:
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.hostname, parts.port)
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = {}
+        conn = pool.get(key)
+        if conn is None:
+            conn = pool[key] = self._new(url)
+        return conn
+
+    def _drop(self, url: str) -> None:
+        parts = urlsplit(url)
+        pool = getattr(self._local, "pool", {})
+        conn = pool.pop((parts.scheme, parts.hostname, parts.port), None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _new(self, url: str) -> http.client.HTTPConnection:
+        parts = urlsplit(url)
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(
+                parts.hostname or "", parts.port, timeout=self.timeout, context=ssl.create_default_context()
+            )
+        return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=self.timeout)
+
+    def _get(self, range_header: str | None, *, own: bool = False) -> _Response:
+        """GET ``self.url`` with a Range header, following redirects; the response is open (read it, close it).
+        ``own``: on a connection of its own (a stream that stays open while other reads go on)."""
+        url, headers = self.url, dict(self.headers)
+        if range_header:
+            headers["Range"] = range_header
+        headers.setdefault("User-Agent", "ckptool")
+        headers["Accept-Encoding"] = "identity"
+        for _hop in range(MAX_REDIRECTS + 1):
+            parts = urlsplit(url)
+            target = parts.path or "/"
+            if parts.query:
+                target += "?" + parts.query
+            resp = None
+            for attempt in range(2):  # a kept-alive connection the server closed: retry once on a fresh one
+                conn = self._new(url) if own else self._conn(url)
+                try:
+                    STATS.add(requests=1)
+                    conn.request("GET", target, headers=headers)
+                    resp = conn.getresponse()
+                    break
+                except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
+                    self._drop(url)
+                    if attempt:
+                        raise self._error(f"the server closed the connection ({type(e).__name__})") from None
+                except TimeoutError:
+                    self._drop(url)
+                    raise self._error(f"no answer within {self.timeout:g} s (--timeout)") from None
+                except ssl.SSLError as e:
+                    self._drop(url)
+                    raise self._error(f"TLS error ({e.reason or type(e).__name__})") from None
+                except (OSError, http.client.HTTPException) as e:
+                    self._drop(url)
+                    raise self._error(f"cannot connect ({_why(e)})") from None
+            assert resp is not None
+            if resp.status in (301, 302, 303, 307, 308):
+                loc = resp.getheader("Location")
+                _discard(resp)
+                if resp.will_close:
+                    self._drop(url)
+                if not loc:
+                    raise self._error(f"HTTP {resp.status} redirect without a Location")
+                new = urljoin(url, loc)
+                if urlsplit(new).scheme not in ("http", "https"):
+                    raise self._error("redirected to a URL that is not http(s)")
+                if urlsplit(url).scheme == "https" and urlsplit(new).scheme == "http":
+                    raise self._error("redirected from https to plain http; refused")
+                if _origin(new) != _origin(url):
+                    headers.pop("Authorization", None)  # credentials stay with the host they were given for
+                url = new
+                continue
+            if resp.status >= 400:
+                _discard(resp)
+                self._drop(url)
+                raise self._status_error(resp.status)
+            if url != self.url:
+                self.url = url  # later ranges go straight to where the redirect led
+                if _origin(url) != self.origin:
+                    self.headers.pop("Authorization", None)
+                    self.origin = _origin(url)
+            return _Response(conn, resp, url)
+        raise self._error(f"more than {MAX_REDIRECTS} redirects")
+
+    def _error(self, message: str, hint: str | None = None) -> UnreadableError:
+        return UnreadableError(message, path=self.name, hint=hint)
+
+    def _status_error(self, status: int) -> UnreadableError:
+        if status == 404:
+            return self._error("not found on the server (HTTP 404)")
+        if status == 401:
+            return self._error("the server asks for credentials (HTTP 401)", hint=self.auth_hint)
+        if status == 403:
+            return self._error(
+                "access denied by the server (HTTP 403)", hint="check the credentials or the URL's signature"
+            )
+        if status == 416:
+            return self._error("the server refused the byte range (HTTP 416); is the file empty?")
+        return self._error(f"the server answered HTTP {status}")
+
+    def _read(self, r: _Response, n: int) -> bytes:
+        """Exactly ``n`` body bytes (the caller checked the headers promise them)."""
+        try:
+            data = r.resp.read(n)
+        except TimeoutError:
+            r.close()
+            self._drop(r.url)
+            raise self._error(f"the server stopped sending within {self.timeout:g} s (--timeout)") from None
+        except http.client.IncompleteRead as e:
+            r.close()
+            self._drop(r.url)
+            raise self._error(f"the server sent {len(e.partial)} of the {n} bytes it announced") from None
+        except (OSError, http.client.HTTPException) as e:
+            r.close()
+            self._drop(r.url)
+            raise self._error(f"the download broke off ({_why(e)})") from None
+        STATS.add(nbytes=len(data))
+        if len(data) != n:
+            r.close()
+            self._drop(r.url)
+            raise self._error(f"the server sent {len(data)} of the {n} bytes it announced")
+        return data
+
+    def _finish(self, r: _Response) -> None:
+        if r.resp.will_close or not r.resp.isclosed():
+            r.close()
+            self._drop(r.url)
+
+    def _range_of(self, r: _Response) -> tuple[int, int, int]:
+        """(start, end exclusive, total) from a 206 response's Content-Range."""
+        cr = r.headers.get("Content-Range", "")
+        m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", cr)
+        if not m:
+            r.close()
+            self._drop(r.url)
+            raise self._error("the server answered 206 without a valid Content-Range")
+        start, last = int(m.group(1)), int(m.group(2))
+        total = int(m.group(3)) if m.group(3) != "*" else -1
+        if last < start or (total >= 0 and last >= total):
+            r.close()
+            self._drop(r.url)
+            raise self._error(f"the server's Content-Range {cr.strip()!r} is impossible")
+        self._check_total(total)
+        return start, last + 1, total
+
+    def _check_total(self, total: int) -> None:
+        if total >= 0 and self.size >= 0 and total != self.size:
+            raise self._error(f"the file changed on the server while ckptool read it ({self.size} bytes, now {total})")
+
+    def _length(self, r: _Response) -> int | None:
+        cl = r.headers.get("Content-Length")
+        if cl is None or not cl.strip().isdigit():
+            return None
+        return int(cl)
+
+    # -- what RemoteSource asks ------------------------------------------------------------------------------
+    def open(self, head: int) -> tuple[int, bytes]:
+        """The size and the first ``head`` bytes, in one request."""
+        r = self._get(f"bytes=0-{head - 1}")
+        if r.status == 206:
+            start, end, total = self._range_of(r)
+            if start != 0 or total < 0:
+                r.close()
+                raise self._error("the server's first range does not start at 0 or hides the file size")
+            self.size = total
+            data = self._body(r, end - start)
+            return total, data
+        if r.status == 200:  # the server ignored Range: the whole body is coming
+            return self._whole(r)
+        r.close()
+        self._drop(r.url)
+        raise self._error(f"the server answered HTTP {r.status} to a range request")
+
+    def _whole(self, r: _Response) -> tuple[int, bytes]:
+        length = self._length(r)
+        hint = "download the file first (curl -o) and run ckptool on it"
+        if length is not None and length > MAX_WHOLE:
+            r.close()
+            self._drop(r.url)
+            raise self._error(
+                f"the server ignores Range requests and would send the whole {human(length)} file; refused", hint=hint
+            )
+        try:
+            data = r.resp.read(MAX_WHOLE + 1)
+        except TimeoutError:
+            r.close()
+            self._drop(r.url)
+            raise self._error(f"the server stopped sending within {self.timeout:g} s (--timeout)") from None
+        except http.client.IncompleteRead as e:
+            r.close()
+            self._drop(r.url)
+            raise self._error(f"the server sent {len(e.partial)} of the {length} bytes it announced") from None
+        except (OSError, http.client.HTTPException) as e:
+            r.close()
+            self._drop(r.url)
+            raise self._error(f"the download broke off ({_why(e)})") from None
+        STATS.add(nbytes=len(data))
+        r.close()
+        self._drop(r.url)
+        if len(data) > MAX_WHOLE:
+            raise self._error(
+                f"the server ignores Range requests and sends more than {human(MAX_WHOLE)}; refused", hint=hint
+            )
+        if length is not None and len(data) != length:
+            raise self._error(f"the server sent {len(data)} of the {length} bytes it announced")
+        self.size = len(data)
+        return len(data), data
+
+    def _body(self, r: _Response, n: int) -> bytes:
+        length = self._length(r)
+        if length is not None and length != n:
+            r.close()
+            self._drop(r.url)
+            raise self._error(f"the server's Content-Length ({length}) disagrees with its Content-Range ({n} bytes)")
+        data = self._read(r, n)
+        self._finish(r)
+        return data
+
+    def fetch(self, start: int, end: int) -> list[tuple[int, bytes]]:
+        """Bytes [start, end) as one or more (offset, bytes) pieces covering at least what was asked."""
+        out: list[tuple[int, bytes]] = []
+        pos = start
+        while pos < end:
+            r = self._get(f"bytes={pos}-{end - 1}")
+            if r.status != 206:
+                r.close()
+                self._drop(r.url)
+                raise self._error(
+                    f"the server ignored the Range request (HTTP {r.status}) after honouring one",
+                    hint="download the file first (curl -o) and run ckptool on it",
+                )
+            s, e, _total = self._range_of(r)
+            if s > pos or e <= pos:
+                r.close()
+                self._drop(r.url)
+                raise self._error(f"the server sent bytes {s}-{e} for a request of {pos}-{end}")
+            out.append((s, self._body(r, e - s)))
+            pos = e  # a server may send fewer bytes than asked: ask again for the rest
+        return out
+
+    def fetch_many(self, spans: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+        """Several ranges in one multi-range request when the server speaks multipart/byteranges (several when
+        the Range header would pass :data:`MAX_RANGE_HEADER` characters: servers cap header lines)."""
+        out: list[tuple[int, bytes]] = []
+        group: list[tuple[int, int]] = []
+        length = 0
+        for s, e in spans:
+            item = len(f"{s}-{e - 1},")
+            if group and length + item > MAX_RANGE_HEADER:
+                out += self._fetch_group(group)
+                group, length = [], 0
+            group.append((s, e))
+            length += item
+        return out + (self._fetch_group(group) if group else [])
+
+    def _fetch_group(self, spans: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+        if len(spans) == 1 or not self.multi_ok:
+            return [p for s, e in spans for p in self.fetch(s, e)]
+        spec = ",".join(f"{s}-{e - 1}" for s, e in spans)
+        r = self._get(f"bytes={spec}")
+        ctype = r.headers.get("Content-Type", "")
+        if r.status == 206 and ctype.lower().startswith("multipart/byteranges"):
+            m = re.search(r'boundary="?([^";]+)"?', ctype)
+            length = self._length(r)
+            cap = sum(e - s for s, e in spans) + 512 * len(spans) + 4096
+            if not m or (length is not None and length > cap):
+                r.close()
+                self._drop(r.url)
+                self.multi_ok = False
+                return [p for s, e in spans for p in self.fetch(s, e)]
+            body = self._read(r, length) if length is not None else self._read_capped(r, cap)
+            self._finish(r)
+            pieces = self._parts(body, m.group(1).encode())
+            got = {s for s, _ in pieces}
+            missing = [(s, e) for s, e in spans if not any(ps <= s and ps + len(d) >= e for ps, d in pieces)]
+            del got
+            return pieces + [p for s, e in missing for p in self.fetch(s, e)]
+        if r.status == 206:  # one range back (a server may merge them): keep it, fetch what it lacks
+            s, e, _total = self._range_of(r)
+            first = [(s, self._body(r, e - s))]
+            missing = [(a, b) for a, b in spans if not (s <= a and e >= b)]
+            self.multi_ok = False
+            return first + [p for a, b in missing for p in self.fetch(a, b)]
+        r.close()  # 200: the whole file for a multi-range request; never read it
+        self._drop(r.url)
+        self.multi_ok = False
+        return [p for s, e in spans for p in self.fetch(s, e)]
+
+    def _read_capped(self, r: _Response, cap: int) -> bytes:
+        try:
+            data = r.resp.read(cap + 1)
+        except (OSError, http.client.HTTPException) as e:
+            r.close()
+            self._drop(r.url)
+            raise self._error(f"the download broke off ({_why(e)})") from None
+        STATS.add(nbytes=len(data))
+        if len(data) > cap:
+            r.close()
+            self._drop(r.url)
+            raise self._error("the server's multi-range answer is larger than what was asked")
+        return data
+
+    def _parts(self, body: bytes, boundary: bytes) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        for chunk in body.split(b"--" + boundary)[1:]:
+            if chunk.startswith(b"--"):
+                break
+            head, sep, rest = chunk.partition(b"\r\n\r\n")
+            if not sep:
+                continue
+            m = re.search(rb"content-range:\s*bytes\s+(\d+)-(\d+)/(\d+|\*)", head, re.IGNORECASE)
+            if not m:
+                raise self._error("a part of the server's multi-range answer has no Content-Range")
+            s, e = int(m.group(1)), int(m.group(2)) + 1
+            if m.group(3) != b"*":
+                self._check_total(int(m.group(3)))
+            data = rest[: e - s]
+            if len(data) != e - s or e <= s:
+                raise self._error("a part of the server's multi-range answer is shorter than its Content-Range")
+            out.append((s, data))
+        return out
+
+    def stream(self, start: int, end: int) -> _Stream:
+        """An open response over [start, end) that reads on as the caller asks (tensor bytes)."""
+        r = self._get(f"bytes={start}-{end - 1}", own=True)
+        if r.status != 206:
+            r.close()
+            raise self._error(f"the server ignored the Range request (HTTP {r.status})")
+        s, e, _total = self._range_of(r)
+        if s != start or e < end:
+            r.close()
+            self._drop(r.url)
+            # a short answer: the caller falls back to ranged reads
+            return _Stream(self, None, start, start)
+        return _Stream(self, r, start, e)
+
+    def close(self) -> None:
+        pool = getattr(self._local, "pool", {})
+        for conn in pool.values():
+            with contextlib.suppress(Exception):
+                conn.close()
+        pool.clear()
+
+
+class _Stream:
+    def __init__(self, f: HttpFile, r: _Response | None, pos: int, end: int):
+        self.f, self.r, self.pos, self.end = f, r, pos, end
+
+    def readinto(self, view: memoryview) -> None:
+        assert self.r is not None
+        n = len(view)
+        got = 0
+        while got < n:
+            try:
+                k = self.r.resp.readinto(view[got:])
+            except TimeoutError:
+                self.close()
+                raise self.f._error(f"the server stopped sending within {self.f.timeout:g} s (--timeout)") from None
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                raise self.f._error(f"the download broke off ({_why(e)})") from None
+            if not k:
+                self.close()
+                raise self.f._error(f"the server's answer ended at byte {self.pos + got}")
+            got += k
+        STATS.add(nbytes=n)
+        self.pos += n
+
+    def skip(self, n: int) -> None:
+        if n > 0:
+            self.readinto(memoryview(bytearray(n)))
+
+    def close(self) -> None:
+        if self.r is not None:
+            self.r.close()  # its own connection
+            self.r = None
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    p = urlsplit(url)
+    return (p.scheme, (p.hostname or "").lower(), p.port)
+
+
+def _discard(resp: http.client.HTTPResponse) -> None:
+    """Read away a small error or redirect body (bounded) so the connection can be reused."""
+    with contextlib.suppress(Exception):
+        length = resp.getheader("Content-Length")
+        if length is not None and length.isdigit() and int(length) <= 64 << 10:
+            resp.read(int(length))
+        else:
+            resp.close()
+
+
+def _why(e: BaseException) -> str:
+    return str(getattr(e, "strerror", None) or e or type(e).__name__)[:200]
+
+
+# ---------------------------------------------------------------------------------------------------
+# fsspec (s3://, gs://, and whatever else fsspec knows)
+# ---------------------------------------------------------------------------------------------------
+class FsspecFile:
+    """A path on an fsspec filesystem: ``cat_file`` for a range, ``cat_ranges`` for many (concurrent)."""
+
+    multi_ok = False
+
+    def __init__(self, url: str):
+        from .._extras import require
+
+        require("fsspec", extra="remote", what=f"reading {redact(url)}")
+        import fsspec
+
+        self.name = redact(url)
+        scheme = _URL.match(url).group(1).lower()  # type: ignore[union-attr]
+        try:
+            self.fs, self.path = fsspec.core.url_to_fs(url)
+        except ImportError as e:
+            mod = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}.get(
+                scheme, getattr(e, "name", None) or scheme
+            )
+            raise UsageError(
+                f"{scheme}:// URLs need {mod}, which is not installed", path=self.name, hint=f"pip install {mod}"
+            ) from None
+        except ValueError as e:
+            raise UsageError(f"fsspec does not know {scheme}:// ({e})", path=self.name) from None
+        self.size = -1
+
+    def _call(self, fn: Callable[..., Any], *a: Any) -> Any:
+        try:
+            return fn(*a)
+        except FileNotFoundError:
+            raise UnreadableError("not found", path=self.name) from None
+        except PermissionError:
+            raise UnreadableError("access denied", path=self.name) from None
+        except Exception as e:
+            raise UnreadableError(f"cannot read ({type(e).__name__}: {str(e)[:200]})", path=self.name) from None
+
+    def open(self, head: int) -> tuple[int, bytes]:
+        info = self._call(self.fs.info, self.path)
+        STATS.add(requests=1)
+        if info.get("type") == "directory":
+            raise UnreadableError("is a directory, not a checkpoint file", path=self.name)
+        self.size = int(info["size"])
+        data = self._call(self.fs.cat_file, self.path, 0, min(head, self.size)) if self.size else b""
+        STATS.add(requests=1 if self.size else 0, nbytes=len(data))
+        return self.size, data
+
+    def fetch(self, start: int, end: int) -> list[tuple[int, bytes]]:
+        data = self._call(self.fs.cat_file, self.path, start, end)
+        STATS.add(requests=1, nbytes=len(data))
+        if len(data) != end - start:
+            raise CorruptFileError(f"got {len(data)} of the {end - start} bytes asked at {start}", path=self.name)
+        return [(start, data)]
+
+    def fetch_many(self, spans: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+        n = len(spans)
+        datas = self._call(self.fs.cat_ranges, [self.path] * n, [s for s, _ in spans], [e for _, e in spans])
+        STATS.add(requests=n, nbytes=sum(len(d) for d in datas))
+        return list(zip([s for s, _ in spans], datas, strict=True))
+
+    def stream(self, start: int, end: int) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------
+# the Source
+# ---------------------------------------------------------------------------------------------------
+class RemoteSource:
+    """A remote file as a Source: an extent cache over ranged reads (see the module docstring)."""
+
+    def __init__(self, remote: Any, *, name: str | None = None, allow_empty: bool = True, shared: Any = None):
+        self.remote = remote
+        self.name = name or remote.name
+        self._lock = threading.RLock()
+        self._stream: Any = None
+        self._starts: list[int]
+        self._data: list[bytes]
+        if shared is not None:  # the same URL opened again in this command: its size and bytes are known
+            self._size, self._starts, self._data = shared._size, shared._starts, shared._data
+            self._cached = shared._cached
+        else:
+            self._starts, self._data, self._cached = [], [], 0
+            size, head = remote.open(HEAD_BLOCK)
+            self._size = size
+            if head:
+                self._insert(0, head)
+        if self._size == 0 and not allow_empty:
+            raise CorruptFileError("file is empty", path=self.name)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    # -- the extent cache --------------------------------------------------------------------------------------
+    def _insert(self, start: int, data: bytes) -> None:
+        """Keep [start, start+len) where the cache has no bytes yet (extents never overlap)."""
+        end = start + len(data)
+        for s, e in self._gaps(start, end):
+            if self._cached + (e - s) > CACHE_LIMIT:
+                return
+            i = bisect.bisect_left(self._starts, s)
+            self._starts.insert(i, s)
+            self._data.insert(i, data[s - start : e - start])
+            self._cached += e - s
+
+    def _gaps(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The sub-ranges of [start, end) the cache does not hold."""
+        gaps, pos = [], start
+        i = max(bisect.bisect_right(self._starts, start) - 1, 0)
+        while i < len(self._starts) and pos < end:
+            s = self._starts[i]
+            e = s + len(self._data[i])
+            if s >= end:
+                break
+            if e > pos:
+                if s > pos:
+                    gaps.append((pos, s))
+                pos = max(pos, e)
+            i += 1
+        if pos < end:
+            gaps.append((pos, end))
+        return gaps
+
+    def _copy(self, offset: int, view: memoryview) -> bool:
+        """Fill ``view`` from the cache if it holds every byte."""
+        n, pos, end = len(view), offset, offset + len(view)
+        i = bisect.bisect_right(self._starts, offset) - 1
+        if i < 0:
+            return False
+        while pos < end:
+            if i >= len(self._starts):
+                return False
+            s = self._starts[i]
+            d = self._data[i]
+            if not (s <= pos < s + len(d)):
+                return False
+            k = min(end, s + len(d)) - pos
+            view[pos - offset : pos - offset + k] = d[pos - s : pos - s + k]
+            pos += k
+            i += 1
+        return n >= 0
+
+    def _blocks(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The missing parts of [start, end), each widened to whole :data:`BLOCK` blocks."""
+        out: list[tuple[int, int]] = []
+        for s, e in self._gaps(start, end):
+            s2 = s - s % BLOCK
+            e2 = min(self._size, -(-e // BLOCK) * BLOCK)
+            for gs, ge in self._gaps(s2, e2):  # do not fetch again what the widening covers
+                if out and gs - out[-1][1] <= MERGE_GAP:
+                    out[-1] = (out[-1][0], ge)
+                else:
+                    out.append((gs, ge))
+        return out
+
+    # -- Source ---------------------------------------------------------------------------------------------
+    def read_into(self, offset: int, view: memoryview) -> None:
+        n = len(view)
+        if offset < 0 or offset + n > self._size:
+            raise CorruptFileError(
+                f"file ends at byte {self._size}, but {offset + n} bytes were expected (truncated?)", path=self.name
+            )
+        if n == 0:
+            return
+        with self._lock:
+            if self._copy(offset, view):
+                return
+            st = self._stream
+            if (
+                st is not None
+                and st.r is not None
+                and st.pos <= offset <= st.pos + STREAM_SKIP
+                and offset + n <= st.end
+            ):
+                st.skip(offset - st.pos)  # the open stream is (nearly) here: read on
+                st.readinto(view)
+                return
+            if n >= STREAM_MIN:
+                self._streamed(offset, view)
+                return
+            self._fill(self._blocks(offset, offset + n))
+            if not self._copy(offset, view):  # the cache is full: read it straight
+                for s, d in self.remote.fetch(offset, offset + n):
+                    k = min(len(d), offset + n - s)
+                    view[s - offset : s - offset + k] = d[:k]
+
+    def _fill(self, spans: list[tuple[int, int]]) -> None:
+        if not spans:
+            return
+        pieces = self.remote.fetch_many(spans) if len(spans) > 1 else self.remote.fetch(*spans[0])
+        for s, d in pieces:
+            self._insert(s, d)
+
+    def _streamed(self, offset: int, view: memoryview) -> None:
+        st = self._stream
+        if st is None or st.pos != offset or st.end < offset + len(view):
+            if st is not None:
+                st.close()
+            end = min(self._size, offset + max(len(view), STREAM_WINDOW))
+            st = self._stream = self.remote.stream(offset, end)
+        if st is None or st.r is None:  # fsspec, or a server that answered short: plain ranges
+            self._stream = None
+            pos = offset
+            for s, d in self.remote.fetch(offset, offset + len(view)):
+                k = min(len(d), offset + len(view) - s)
+                view[s - offset : s - offset + k] = d[:k]
+                pos = s + k
+            del pos
+            return
+        st.readinto(view)
+
+    def read(self, offset: int, n: int) -> bytes:
+        buf = bytearray(n)
+        self.read_into(offset, memoryview(buf))
+        return bytes(buf)
+
+    def view(self, offset: int, n: int, *, writable: bool = False) -> memoryview | None:
+        return None
+
+    def prefetch(self, spans: Iterable[tuple[int, int]]) -> None:
+        """Fetch these (offset, length) ranges now, in as few requests as the server allows."""
+        want = sorted((max(o, 0), min(o + n, self._size)) for o, n in spans if n > 0 and o < self._size)
+        with self._lock:
+            merged: list[tuple[int, int]] = []
+            for s, e in want:
+                for gs, ge in self._gaps(s, e):
+                    if merged and gs - merged[-1][1] <= MERGE_GAP:
+                        merged[-1] = (merged[-1][0], max(ge, merged[-1][1]))
+                    else:
+                        merged.append((gs, ge))
+            self._fill(merged)
+
+    def tail(self, n: int = TAIL_BLOCK) -> None:
+        """Fetch the last ``n`` bytes now (a zip's end of central directory and the directory)."""
+        self.prefetch([(max(self._size - n, 0), n)])
+
+    def buffer(self) -> RemoteBuffer:
+        return RemoteBuffer(self)
+
+    def fileobj(self) -> IO[bytes]:
+        return io.BufferedReader(_RawRemote(self), buffer_size=8 << 10)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
+        self.remote.close()
+
+    def __enter__(self) -> RemoteSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RemoteBuffer:
+    """The whole remote file as a lazy read-only buffer: ``len()``, slices and indexes fetch what they touch.
+
+    ``reader(pos)`` is a seekable file object at ``pos`` (what the unpickler walks a pickle with)."""
+
+    def __init__(self, src: RemoteSource):
+        self.src = src
+
+    def __len__(self) -> int:
+        return self.src.size
+
+    def __getitem__(self, key: int | slice) -> Any:
+        size = self.src.size
+        if isinstance(key, slice):
+            start, stop, step = key.indices(size)
+            if step != 1:
+                raise ValueError("RemoteBuffer slices take no step")
+            return self.src.read(start, max(stop - start, 0))
+        i = key + size if key < 0 else key
+        if not 0 <= i < size:
+            raise IndexError("index out of range")
+        return self.src.read(i, 1)[0]
+
+    def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
+        end = self.src.size if end is None else min(end, self.src.size)
+        pos = start
+        while pos < end:
+            k = min(end, pos + BLOCK + len(sub))
+            i = self.src.read(pos, k - pos).find(sub)
+            if i >= 0:
+                return pos + i
+            if k >= end:
+                return -1
+            pos = k - len(sub) + 1
+        return -1
+
+    def reader(self, pos: int = 0) -> IO[bytes]:
+        f = _Clamped(_RawRemote(self.src), buffer_size=8 << 10)
+        f.seek(min(max(pos, 0), self.src.size))
+        return f
+
+
+class _Clamped(io.BufferedReader):
+    """``read(n)`` clamped to the bytes that exist before anything is allocated (a pickle may claim 2**60)."""
+
+    def read(self, n: int | None = -1) -> bytes:
+        left = self.raw.src.size - self.tell()  # type: ignore[attr-defined]
+        return super().read(left if n is None or n < 0 else min(n, max(left, 0)))
+
+
+class _RawRemote(io.RawIOBase):
+    def __init__(self, src: RemoteSource):
+        self.src = src
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.src.size}[whence]
+        self.pos = max(base + offset, 0)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, b: Any) -> int:
+        mv = memoryview(b).cast("B")
+        n = max(0, min(len(mv), self.src.size - self.pos))
+        if n:
+            self.src.read_into(self.pos, mv[:n])
+            self.pos += n
+        return n
+
+
+# ---------------------------------------------------------------------------------------------------
+# hf://
+# ---------------------------------------------------------------------------------------------------
+HF_CANDIDATES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
+
+
+@dataclass(frozen=True)
+class HfPath:
+    kind: str  # "" (a model), "datasets" or "spaces"
+    repo: str
+    revision: str
+    path: str
+
+    def url(self, endpoint: str | None = None) -> str:
+        base = (endpoint or hf_endpoint()).rstrip("/")
+        prefix = f"{self.kind}/" if self.kind else ""
+        return f"{base}/{prefix}{self.repo}/resolve/{quote(self.revision, safe='')}/{quote(self.path)}"
+
+    def __str__(self) -> str:
+        prefix = f"{self.kind}/" if self.kind else ""
+        rev = f"@{self.revision}" if self.revision != "main" else ""
+        return f"hf://{prefix}{self.repo}{rev}" + (f"/{self.path}" if self.path else "")
+
+
+def parse_hf(url: str) -> HfPath:
+    """``hf://[datasets/|spaces/]ORG/NAME[@REV][/PATH]`` (a repo without an org: ``hf://NAME@REV/PATH``)."""
+    rest = url.split("://", 1)[1].strip("/")
+    kind = ""
+    for k in ("datasets/", "spaces/", "models/"):
+        if rest.startswith(k):
+            kind, rest = ("" if k == "models/" else k.rstrip("/")), rest[len(k) :]
+            break
+    parts = [p for p in rest.split("/") if p]
+    if not parts:
+        raise UsageError(f"{url}: an hf:// URL names a repo: hf://ORG/NAME[@REV][/PATH]")
+    if "@" in parts[0]:
+        n = 1
+    elif len(parts) >= 2:
+        n = 2
+    else:
+        n = 1
+    repo_parts = parts[:n]
+    revision = "main"
+    if "@" in repo_parts[-1]:
+        name, revision = repo_parts[-1].split("@", 1)
+        repo_parts[-1] = name
+        revision = revision.replace("%2F", "/")
+    path = "/".join(parts[n:])
+    if any(p in ("..", ".") for p in parts[n:]):
+        raise UsageError(f"{url}: the path inside the repo may not contain '..'")
+    return HfPath(kind, "/".join(repo_parts), revision or "main", path)
+
+
+def hf_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def hf_token() -> str | None:
+    """The token the user is logged in with: huggingface_hub's (when installed), else HF_TOKEN or the token file."""
+    if os.environ.get("HF_HUB_DISABLE_IMPLICIT_TOKEN"):
+        return None
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except ImportError:
+        pass
+    tok = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if tok:
+        return tok
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    try:
+        with open(os.path.join(home, "token"), encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _hf_file(p: HfPath) -> HttpFile:
+    tok = hf_token()
+    headers = {"Authorization": f"Bearer {tok}"} if tok else {}
+    f = HttpFile(p.url(), headers=headers, name=str(p))
+    f.auth_hint = "log in with `hf auth login` or set HF_TOKEN" if not tok else "the token has no access to this repo"
+    return f
+
+
+def resolve_hf(url: str) -> HfPath:
+    """A file in a repo; ``hf://REPO`` picks its index or single weight file (the first of :data:`HF_CANDIDATES`
+    that exists: each miss costs one request, the hit's first request is the file's own first read)."""
+    p = parse_hf(url)
+    if p.path:
+        return p
+    for cand in HF_CANDIDATES:
+        q = HfPath(p.kind, p.repo, p.revision, cand)
+        try:
+            open_url(str(q)).close()  # kept for the read that follows (open_url shares it)
+        except UnreadableError as e:
+            if "HTTP 404" in e.message:
+                continue
+            raise
+        return q
+    raise UnreadableError(f"has none of {', '.join(HF_CANDIDATES)}; name the file: {p}/FILE", path=str(p))
+
+
+# ---------------------------------------------------------------------------------------------------
+# opening
+# ---------------------------------------------------------------------------------------------------
+def open_remote_file(url: str) -> Any:
+    """The low-level remote file (HttpFile / FsspecFile) behind a URL."""
+    scheme = _URL.match(url).group(1).lower()  # type: ignore[union-attr]
+    if scheme in ("http", "https"):
+        return HttpFile(url)
+    if scheme == "hf":
+        return _hf_file(parse_hf(url))
+    return FsspecFile(url)
+
+
+_OPENED: dict[str, RemoteSource] = {}  # URL -> its first source in this command (see forget())
+_MAX_OPENED = 4096  # shards of one model (sources, not their bytes: the cache holds headers only)
+_OPEN_LOCK = threading.Lock()
+
+
+def open_url(url: str, *, allow_empty: bool = True) -> RemoteSource:
+    """A URL as a Source. Every failure is a :class:`~ckptool.errors.CkptError` naming the redacted URL.
+
+    Opening a URL again in the same command (scan walks it, then reads it as a checkpoint; a checkpoint
+    reopens its file for tensor bytes) shares the first source's size and cached bytes: no request is repeated.
+    """
+    if url.lower().startswith("hf://") and not parse_hf(url).path:
+        url = str(resolve_hf(url))
+    with _OPEN_LOCK:
+        first = _OPENED.get(url)
+    if first is not None:
+        return RemoteSource(first.remote, name=first.name, allow_empty=allow_empty, shared=first)
+    src = RemoteSource(open_remote_file(url), allow_empty=allow_empty)
+    with _OPEN_LOCK:
+        if len(_OPENED) >= _MAX_OPENED:
+            _OPENED.clear()
+        _OPENED[url] = src
+    return src
+
+
+def forget() -> None:
+    """Forget the URLs opened so far (a new command: the files may have changed)."""
+    _OPENED.clear()
+
+
+def resolve_relative(base_url: str, location: str) -> str:
+    """``location`` (an ONNX external-data path) against the URL of the file naming it; never outside its folder."""
+    if is_url(location) or location.startswith("/") or "\\" in location:
+        raise UsageError(f"external data location {location!r} is not a relative path")
+    parts = [p for p in location.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise UsageError(f"external data location {location!r} escapes the model's folder")
+    if base_url.startswith("hf://"):
+        p = parse_hf(base_url)
+        folder = p.path.rsplit("/", 1)[0] if "/" in p.path else ""
+        return str(HfPath(p.kind, p.repo, p.revision, "/".join([*([folder] if folder else []), *parts])))
+    sp = urlsplit(base_url)
+    folder = sp.path.rsplit("/", 1)[0]
+    return urlunsplit((sp.scheme, sp.netloc, folder + "/" + "/".join(quote(p) for p in parts), sp.query, ""))

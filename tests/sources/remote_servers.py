@@ -1,0 +1,264 @@
+"""The HTTP servers the remote-source tests and bench/bench_remote.py run on 127.0.0.1.
+
+* :class:`Nginx`: the real thing (Debian's nginx), serving a folder with ``Range`` and multi-range support,
+  plus the Hub's ``/{repo}/resolve/{revision}/{file}`` layout for ``hf://`` through ``HF_ENDPOINT``. Requests
+  and bytes are counted from its access log.
+* :class:`Hostile`: a small threaded server the tests own, one misbehaviour per path prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Hit:
+    method: str
+    uri: str
+    range: str
+    status: int
+    nbytes: int
+
+
+CONF = """
+worker_processes 1;
+{user}
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    log_format ck '$request_method "$request_uri" "$http_range" $status $body_bytes_sent';
+    access_log {tmp}/access.log ck;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    default_type application/octet-stream;
+    sendfile on;
+    keepalive_requests 10000;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location ~ ^/(?<repo>[^/]+/[^/]+|[^/]+)/resolve/(?<rev>[^/]+)/(?<file>.+)$ {{
+            alias {root}/hub/$repo/$rev/$file;
+        }}
+        location /private/ {{
+            auth_basic "private";
+            auth_basic_user_file {tmp}/htpasswd;
+        }}
+    }}
+}}
+"""
+
+
+class Nginx:
+    """nginx on 127.0.0.1 serving ``root``; ``hits()`` reads the access log (one :class:`Hit` per request)."""
+
+    def __init__(self, root: Path, tmp: Path):
+        assert NGINX is not None
+        self.root, self.tmp = root, tmp
+        self.port = free_port()
+        tmp.mkdir(parents=True, exist_ok=True)
+        # user "secret", password "hunter2" (apr1 hash made with openssl passwd -apr1 -salt ckptool hunter2)
+        (tmp / "htpasswd").write_text("secret:$apr1$ckptool$UiTguOCe8Rol1pRl6N/V/0\n")
+        conf = tmp / "nginx.conf"
+        user = "user root root;" if os.geteuid() == 0 else ""
+        conf.write_text(CONF.format(tmp=tmp, root=root, port=self.port, user=user))
+        self.proc = subprocess.Popen(
+            [NGINX, "-c", str(conf), "-p", str(tmp), "-e", str(tmp / "error.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nginx exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                break
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> Path:
+        return self.tmp / "access.log"
+
+    def mark(self) -> int:
+        """The access log's length now: :meth:`hits` after it are what came since."""
+        p = self.log()
+        time.sleep(0.05)
+        return p.stat().st_size if p.exists() else 0
+
+    def hits(self, since: int = 0) -> list[Hit]:
+        time.sleep(0.1)  # nginx writes the log line as the request ends
+        p = self.log()
+        if not p.exists():
+            return []
+        out = []
+        with open(p, "rb") as f:
+            f.seek(since)
+            for line in f.read().decode().splitlines():
+                m = re.fullmatch(r'(\S+) "(.*)" "(.*)" (\d+) (\d+)', line)
+                if m:
+                    out.append(Hit(m.group(1), m.group(2), m.group(3), int(m.group(4)), int(m.group(5))))
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the hostile server
+# ---------------------------------------------------------------------------------------------------
+class Hostile:
+    """A threaded server over one file's bytes; the first path segment picks the misbehaviour:
+
+    ``/ok/`` honours Range; ``/norange/`` ignores it (200 + the whole body); ``/huge/`` ignores it and claims
+    (and streams) 16 GB; ``/lie/`` announces a Content-Length larger than what it sends (``/liewhole/``: with a 200); ``/short/`` answers
+    each range with fewer bytes than asked (a valid, shorter Content-Range); ``/redirect/`` sends a 302 to
+    ``other`` (another host: 127.0.0.2); ``/hang/`` accepts and never answers; ``/404/``, ``/401/``, ``/403/``.
+    Every request's headers are kept in ``requests``.
+    """
+
+    def __init__(self, data: bytes, host: str = "127.0.0.1", other: str | None = None):
+        self.data = data
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.other = other
+        self.stop_event = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.requests.append((self.path, {k: v for k, v in self.headers.items()}))
+                kind = self.path.strip("/").split("/")[0]
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    getattr(self, "h_" + kind.replace("-", "_"), self.h_404)()
+
+            def _range(self) -> tuple[int, int] | None:
+                m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+                if not m:
+                    return None
+                size = len(outer.data)
+                s = int(m.group(1))
+                e = min(int(m.group(2)) + 1 if m.group(2) else size, size)
+                return s, e
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def h_ok(self, cut: int | None = None) -> None:
+                r = self._range()
+                if r is None:
+                    self._send(200, outer.data, {"Content-Length": str(len(outer.data))})
+                    return
+                s, e = r
+                if cut is not None:
+                    e = min(e, s + cut)
+                self._send(206, outer.data[s:e], {
+                    "Content-Length": str(e - s), "Content-Range": f"bytes {s}-{e - 1}/{len(outer.data)}",
+                })  # fmt: skip
+
+            def h_short(self) -> None:
+                self.h_ok(cut=1000)
+
+            def h_norange(self) -> None:
+                self._send(200, outer.data, {"Content-Length": str(len(outer.data))})
+
+            def h_huge(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(16 << 30))
+                self.end_headers()
+                chunk = b"\0" * (1 << 20)
+                for _ in range(16 << 10):
+                    if outer.stop_event.is_set():
+                        return
+                    self.wfile.write(chunk)
+
+            def h_nolength(self) -> None:  # ignores Range, no Content-Length, streams until closed
+                self.send_response(200)
+                self.send_header("Connection", "close")
+                self.end_headers()
+                chunk = b"\0" * (1 << 20)
+                for _ in range(16 << 10):
+                    if outer.stop_event.is_set():
+                        return
+                    self.wfile.write(chunk)
+
+            def h_lie(self) -> None:
+                r = self._range() or (0, len(outer.data))
+                s, e = r
+                body = outer.data[s:e]
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {s}-{e - 1}/{len(outer.data)}")
+                self.send_header("Content-Length", str(len(body) + 1000))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+
+            def h_liewhole(self) -> None:  # ignores Range, announces 1000 bytes more than it sends
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(outer.data) + 1000))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(outer.data)
+                self.close_connection = True
+
+            def h_redirect(self) -> None:
+                rest = self.path.split("/", 2)[2]
+                self._send(302, b"", {"Location": f"{outer.other}/ok/{rest}", "Content-Length": "0"})
+
+            def h_hang(self) -> None:
+                outer.stop_event.wait(30)
+
+            def h_404(self) -> None:
+                self._send(404, b"not here", {"Content-Length": "8"})
+
+            def h_401(self) -> None:
+                self._send(401, b"no", {"Content-Length": "2", "WWW-Authenticate": 'Basic realm="x"'})
+
+            def h_403(self) -> None:
+                self._send(403, b"no", {"Content-Length": "2"})
+
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://{host}:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.server.shutdown()
+        self.server.server_close()

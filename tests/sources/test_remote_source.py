@@ -1,0 +1,136 @@
+"""RemoteSource's extent cache, prefetch merging, streaming and reopening, over an in-process fake remote
+(the HTTP side is tested against nginx and the hostile server)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ckptool.errors import CorruptFileError, UsageError
+from ckptool.sources import remote
+from ckptool.sources.remote import BLOCK, HEAD_BLOCK, RemoteSource
+
+
+class Fake:
+    """A remote file in memory that records every request (start, end) it is asked."""
+
+    name = "https://example.invalid/f.bin"
+    multi_ok = True
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.calls: list[list[tuple[int, int]]] = []
+
+    def open(self, head: int) -> tuple[int, bytes]:
+        self.calls.append([(0, head)])
+        return len(self.data), self.data[:head]
+
+    def fetch(self, start: int, end: int) -> list[tuple[int, bytes]]:
+        self.calls.append([(start, end)])
+        return [(start, self.data[start:end])]
+
+    def fetch_many(self, spans: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+        self.calls.append(list(spans))
+        return [(s, self.data[s:e]) for s, e in spans]
+
+    def stream(self, start: int, end: int) -> None:
+        return None  # ranged reads instead
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def data() -> bytes:
+    return os.urandom(3 << 20)
+
+
+def test_reads_are_exact_and_cached(data: bytes) -> None:
+    f = Fake(data)
+    src = RemoteSource(f)
+    assert src.size == len(data)
+    assert src.read(10, 100) == data[10:110]  # in the head block: no request
+    assert len(f.calls) == 1
+    assert src.read(HEAD_BLOCK + 5, 10) == data[HEAD_BLOCK + 5 : HEAD_BLOCK + 15]
+    assert f.calls[-1] == [(HEAD_BLOCK, HEAD_BLOCK + BLOCK)]  # one block around it
+    assert src.read(HEAD_BLOCK - 3, 10) == data[HEAD_BLOCK - 3 : HEAD_BLOCK + 7]  # across two extents
+    assert len(f.calls) == 2
+    with pytest.raises(CorruptFileError):
+        src.read(len(data) - 5, 10)
+
+
+def test_prefetch_is_one_round_trip_and_merges_near_ranges(data: bytes) -> None:
+    f = Fake(data)
+    src = RemoteSource(f)
+    spans = [(1 << 20, 40), (1 << 20 | 100, 40), (2 << 20, 40), (10, 40)]  # the last is cached already
+    src.prefetch(spans)
+    assert f.calls[-1] == [(1 << 20, (1 << 20) + 140), (2 << 20, (2 << 20) + 40)]
+    n = len(f.calls)
+    for o, k in spans:
+        assert src.read(o, k) == data[o : o + k]
+    assert len(f.calls) == n
+
+
+def test_large_reads_bypass_the_cache(data: bytes) -> None:
+    f = Fake(data)
+    src = RemoteSource(f)
+    view = memoryview(bytearray(1 << 20))
+    src.read_into(1 << 20, view)
+    assert bytes(view) == data[1 << 20 : 2 << 20]
+    assert f.calls[-1] == [(1 << 20, 2 << 20)]
+    assert src._cached == HEAD_BLOCK  # streamed bytes are not kept
+
+
+def test_buffer_slices_like_a_map(data: bytes) -> None:
+    src = RemoteSource(Fake(data))
+    buf = src.buffer()
+    assert len(buf) == len(data)
+    assert buf[5:9] == data[5:9] and buf[7] == data[7] and buf[-1] == data[-1]
+    assert buf[len(data) - 3 :] == data[-3:]
+    needle = data[2_000_000:2_000_008]
+    assert buf.find(needle, 1_990_000) == data.find(needle, 1_990_000)
+    r = buf.reader(100)
+    assert r.read(5) == data[100:105] and r.tell() == 105
+    r.seek(len(data) - 2)
+    assert r.read(1 << 62) == data[-2:]  # a huge claimed length allocates only what is there
+
+
+def test_the_same_url_twice_shares_its_bytes(data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = Fake(data)
+    monkeypatch.setattr(remote, "open_remote_file", lambda url: f)
+    remote.forget()
+    a = remote.open_url("https://example.invalid/f.bin")
+    a.read(2 << 20, 10)
+    n = len(f.calls)
+    b = remote.open_url("https://example.invalid/f.bin")
+    assert b.read(2 << 20, 10) == data[2 << 20 : (2 << 20) + 10]
+    assert b.size == len(data) and len(f.calls) == n
+    remote.forget()
+
+
+def test_hf_urls() -> None:
+    p = remote.parse_hf("hf://org/model@v1.0/sub/pytorch_model.bin")
+    assert (p.kind, p.repo, p.revision, p.path) == ("", "org/model", "v1.0", "sub/pytorch_model.bin")
+    assert p.url("http://h") == "http://h/org/model/resolve/v1.0/sub/pytorch_model.bin"
+    assert str(p) == "hf://org/model@v1.0/sub/pytorch_model.bin"
+    q = remote.parse_hf("hf://datasets/org/data/x.safetensors")
+    assert q.url("http://h") == "http://h/datasets/org/data/resolve/main/x.safetensors"
+    assert remote.parse_hf("hf://gpt2@main/model.safetensors").repo == "gpt2"
+    assert remote.parse_hf("hf://org/model").path == ""
+    with pytest.raises(UsageError):
+        remote.parse_hf("hf://org/model/../../etc/passwd")
+
+
+def test_relative_locations_stay_under_the_url() -> None:
+    assert remote.resolve_relative("https://h/a/m.onnx", "w.bin") == "https://h/a/w.bin"
+    assert remote.resolve_relative("https://h/a/m.onnx?sig=1", "d/w 1.bin") == "https://h/a/d/w%201.bin?sig=1"
+    assert remote.resolve_relative("hf://org/m@v1/onnx/m.onnx", "w.bin") == "hf://org/m@v1/onnx/w.bin"
+    for bad in ("../w.bin", "d/../../w.bin", "/etc/passwd", "https://evil/w.bin", "..\\w.bin"):
+        with pytest.raises(UsageError):
+            remote.resolve_relative("https://h/a/m.onnx", bad)
+
+
+def test_is_url() -> None:
+    assert remote.is_url("https://h/x") and remote.is_url("hf://o/r") and remote.is_url("s3://b/k")
+    assert not remote.is_url("file:///x") and not remote.is_url("/tmp/x") and not remote.is_url("C:\\x")
