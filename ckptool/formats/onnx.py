@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
 from ..checkpoint import ByteSource, Checkpoint, StorageInfo, TensorInfo
-from ..errors import CorruptFileError, UnsafeFileError
+from ..errors import CkptError, CorruptFileError, UnsafeFileError
 from ..sources import Source
 
 if TYPE_CHECKING:
@@ -196,6 +196,13 @@ def safe_external_path(model_path: str, location: str) -> str:
         or ".." in location.replace("\\", "/").split("/")
     ):
         raise UnsafeFileError(f"external data location {location!r} points outside the model's folder", path=model_path)
+    from ..sources.remote import is_url, resolve_relative
+
+    if is_url(model_path):  # a remote model: the location resolves against its URL, never outside its folder
+        try:
+            return resolve_relative(model_path, location)
+        except CkptError as e:
+            raise UnsafeFileError(e.message, path=model_path) from None
     full = os.path.join(base, location)
     real = os.path.realpath(full)
     if os.path.commonpath([real, os.path.realpath(base)]) != os.path.realpath(base):
@@ -203,6 +210,19 @@ def safe_external_path(model_path: str, location: str) -> str:
             f"external data location {location!r} resolves outside the model's folder", path=model_path
         )
     return full
+
+
+def _remote_size(full: str) -> int | None:
+    """The size of a remote external-data file (-1: missing), None for a local path."""
+    from ..sources.remote import is_url, open_url
+
+    if not is_url(full):
+        return None
+    try:
+        with open_url(full) as src:
+            return src.size
+    except CkptError:
+        return -1
 
 
 class TensorF:
@@ -280,14 +300,17 @@ def _initializer(
             raise CorruptFileError(
                 f"initializer {name!r}: external data offset/length are not integers", path=path
             ) from None
-        if not os.path.isfile(full):
+        fsize = _remote_size(full)
+        if fsize is None and not os.path.isfile(full):
             raise CorruptFileError(
                 f"initializer {name!r}: external data file {loc!r} is missing (or not a regular file)", path=path
             )
         try:
-            fsize = os.path.getsize(full)
+            fsize = os.path.getsize(full) if fsize is None else fsize
         except OSError:
             raise CorruptFileError(f"initializer {name!r}: external data file {loc!r} is missing", path=path) from None
+        if fsize < 0:
+            raise CorruptFileError(f"initializer {name!r}: external data file {loc!r} is missing", path=path)
         if off < 0 or length != need or off + length > fsize:
             raise CorruptFileError(
                 f"initializer {name!r}: external data [{off}, {off + length}) of {loc!r} does not hold {need} bytes "

@@ -75,6 +75,26 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
     )
     shutil.copytree(d, root / "sharded")
+    # an ONNX model with its weights in external data beside it, and one whose location escapes its folder
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(sd["classifier.0.weight"].numpy(), "fc.weight")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "fc.weight"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 576])], initializer=[w],
+    )  # fmt: skip
+    (root / "onnx").mkdir()
+    onnx.save_model(
+        helper.make_model(graph), str(root / "onnx" / "model.onnx"), save_as_external_data=True,
+        all_tensors_to_one_file=True, location="weights.bin", size_threshold=0,
+    )  # fmt: skip
+    m = onnx.load(str(root / "onnx" / "model.onnx"), load_external_data=False)
+    for e in m.graph.initializer[0].external_data:
+        if e.key == "location":
+            e.value = "../model.safetensors"
+    onnx.save_model(m, str(root / "onnx" / "escape.onnx"))
     (root / "private").mkdir()
     os.link(root / "model.safetensors", root / "private" / "model.safetensors")
     return root

@@ -220,3 +220,25 @@ def test_a_remote_shard_outside_the_folder_is_refused(cli, nginx: Nginx, served:
     assert r.exit_code == 2
     assert "outside the folder" in r.stderr, r.stderr
     assert all("escape/" in h.uri for h in hits), hits  # nothing outside was asked for
+
+
+def test_onnx_external_data_resolves_against_the_url(cli, nginx: Nginx, served: Path) -> None:
+    local = cli("inspect", "--plain", served / "onnx" / "model.onnx")
+    assert local.exit_code == 0, local.output
+    mark = nginx.mark()
+    r = cli("inspect", "--plain", f"{nginx.url}/onnx/model.onnx")
+    hits = nginx.hits(mark)
+    assert r.exit_code == 0, r.output + r.stderr
+    assert r.stdout == local.stdout
+    assert {h.uri for h in hits} <= {"/onnx/model.onnx", "/onnx/weights.bin"}, hits
+    out = cli("diff", f"{nginx.url}/onnx/model.onnx", served / "onnx" / "model.onnx")  # the values, remotely
+    assert out.exit_code == 0, out.output + out.stderr
+
+
+def test_onnx_external_data_may_not_escape_the_url(cli, nginx: Nginx) -> None:
+    mark = nginx.mark()
+    r = cli("inspect", f"{nginx.url}/onnx/escape.onnx")
+    hits = nginx.hits(mark)
+    assert r.exit_code == 2
+    assert "outside the model's folder" in r.stderr, r.stderr
+    assert all(h.uri.startswith("/onnx/") for h in hits), hits
