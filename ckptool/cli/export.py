@@ -180,7 +180,7 @@ def _export_tensors(
 
 
 def _export_sharded(
-    o: Output, path: Path, target: Path, size: str | None, *, key: str | None, force: bool, verify: bool
+    o: Output, path: str, target: Path, size: str | None, *, key: str | None, force: bool, verify: bool
 ) -> None:
     from ..convert.sharded import DEFAULT_MAX_SHARD_SIZE, export_sharded, parse_size
     from ..formats import open_checkpoint
