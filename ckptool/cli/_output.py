@@ -52,6 +52,9 @@ def stderr_is_tty() -> bool:
 NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})  # JSON as they are (exact types: subclasses take the long way)
+
+
 def finite_json(o: Any) -> Any:
     """``o`` with every non-finite float replaced by ``"inf"`` / ``"-inf"`` / ``"nan"`` (recursively;
     objects with ``to_dict()`` are converted first, numpy scalars become Python numbers)."""
@@ -61,10 +64,10 @@ def finite_json(o: Any) -> Any:
         if math.isfinite(o):
             return o
         return "nan" if math.isnan(o) else ("inf" if o > 0 else "-inf")
-    if isinstance(o, dict):
-        return {str(k): finite_json(v) for k, v in o.items()}
+    if isinstance(o, dict):  # plain values are kept inline: one call per container, not per value
+        return {str(k): v if type(v) in _PLAIN else finite_json(v) for k, v in o.items()}
     if isinstance(o, (list, tuple, set, frozenset)):
-        return [finite_json(v) for v in o]
+        return [v if type(v) in _PLAIN else finite_json(v) for v in o]
     if hasattr(o, "to_dict"):
         return finite_json(o.to_dict())
     if type(o).__module__ == "numpy" and hasattr(o, "item"):

@@ -32,6 +32,24 @@ from ..errors import CorruptFileError, UnsafePickleError, UsageError
 
 MAX_OPS = 10_000_000
 MAX_MEMO = 1_000_000
+# The memo and opcode bounds scale with the pickle's size: torch writes 8 memo entries per tensor in about 100
+# bytes of pickle (12.7 bytes per entry at 10k..200k tensors), so a 200k-tensor state_dict memoizes 1.6M objects
+# in a 20 MB pickle. A pickle may memoize one entry per MEMO_BYTES bytes past MAX_MEMO, and run one opcode per
+# byte past MAX_OPS (an opcode is at least one byte). The dense memo costs 8 bytes per entry (a list slot);
+# out-of-order (sparse) entries cost ~100 and stay capped at MAX_MEMO whatever the size.
+MEMO_BYTES = 8
+
+
+def memo_bound(nbytes: int) -> int:
+    """How many memo entries a pickle of ``nbytes`` bytes may make."""
+    return max(MAX_MEMO, nbytes // MEMO_BYTES)
+
+
+def ops_bound(nbytes: int) -> int:
+    """How many opcodes a pickle of ``nbytes`` bytes may run."""
+    return max(MAX_OPS, nbytes)
+
+
 MAX_STACK = 1_000_000
 MAX_MARK_DEPTH = 10_000
 # torch's (C) unpickler keeps the memo in an array of 2 x the largest PUT index: an index of 2**31 needs
@@ -47,8 +65,38 @@ MAX_DEPTH = 200
 # --------------------------------------------------------------------------------------------
 # What the recorder builds instead of torch objects
 # --------------------------------------------------------------------------------------------
+# Set while the C unpickler (formats/fastpickle.py) runs: its BUILD calls ``__setstate__``, which is then the pure
+# path's BUILD (:func:`_build`); otherwise ``__setstate__`` is Python's default (copy and pickle keep working).
+_C_BUILD: ContextVar[bool] = ContextVar("ckptool_c_build", default=False)
+
+
+@contextmanager
+def c_build() -> Iterator[None]:
+    token = _C_BUILD.set(True)
+    try:
+        yield
+    finally:
+        _C_BUILD.reset(token)
+
+
+class _Recorded:
+    """What the recorder classes share: BUILD (``__setstate__``) under the C unpickler is :func:`_build`."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        if _C_BUILD.get():
+            _build(self, state, "pickle")
+            return
+        slots = None
+        if isinstance(state, tuple) and len(state) == 2:
+            state, slots = state
+        for k, v in {**(state or {}), **(slots or {})}.items():
+            object.__setattr__(self, k, v)
+
+
 @dataclass(frozen=True)
-class Global:
+class Global(_Recorded):
     """A reference to an allowed global (never the real object)."""
 
     module: str
@@ -58,9 +106,14 @@ class Global:
     def qualname(self) -> str:
         return f"{self.module}.{self.name}"
 
+    def __call__(self, *args: Any) -> Any:
+        """What the C unpickler's REDUCE does with it: ckptool's recorder for the name (:func:`call`), never the
+        named function."""
+        return call(self, args)
+
 
 @dataclass(frozen=True)
-class StorageRef:
+class StorageRef(_Recorded):
     """A persistent-id storage reference: ('storage', <class>, key, location, numel[, view_metadata])."""
 
     key: str
@@ -72,7 +125,7 @@ class StorageRef:
 
 
 @dataclass
-class TensorRecord:
+class TensorRecord(_Recorded):
     storage: StorageRef
     storage_offset: int
     shape: tuple[int, ...]
@@ -103,7 +156,7 @@ class SparseRecord:
         return self.values.shape[0] if self.values.shape else 1
 
 
-class PickledDict(dict):  # type: ignore[type-arg]
+class PickledDict(_Recorded, dict):  # type: ignore[type-arg]
     """A dict that also remembers its class (dict / OrderedDict) and BUILD state (state_dict ``_metadata``)."""
 
     kind: str = "dict"
@@ -111,7 +164,7 @@ class PickledDict(dict):  # type: ignore[type-arg]
 
 
 @dataclass
-class Opaque:
+class Opaque(_Recorded):
     """An allowed object that ckptool does not model (numpy arrays, TorchScript objects, ...)."""
 
     kind: str
@@ -943,6 +996,9 @@ class Interpreter:
         self._dense, self._sparse = self.memo.dense, self.memo.sparse  # the memo fast paths below
         self.ops = 0
         self.at: int | None = None  # the position of the opcode being interpreted
+        size = max(self.limit - max(pos, 0), 0)
+        self.max_memo = memo_bound(size)
+        self.max_ops = ops_bound(size)
 
     # -- stack helpers ----------------------------------------------------------------------------------------
     def pop_mark(self) -> list[Any]:
@@ -1096,8 +1152,8 @@ class Interpreter:
             raise CorruptFileError(f"{self.where}: PUT on an empty stack")
         dense, sparse = self._dense, self._sparse  # the fast path inlines Memo.put
         n = len(dense)
-        if n + len(sparse) >= MAX_MEMO:
-            raise CorruptFileError(f"{self.where}: memo exceeds {MAX_MEMO} entries")
+        if n + len(sparse) >= self.max_memo:
+            raise CorruptFileError(f"{self.where}: memo exceeds {self.max_memo} entries")
         i = int(arg or 0)
         if i >= MAX_MEMO_INDEX:
             raise CorruptFileError(
@@ -1107,6 +1163,8 @@ class Interpreter:
         if i == n and not sparse:
             dense.append(stack[-1])
         else:
+            if len(sparse) >= MAX_MEMO and i not in sparse and not 0 <= i < n:
+                raise CorruptFileError(f"{self.where}: memo exceeds {MAX_MEMO} out-of-order entries")
             self.memo.put(i, stack[-1])
 
     def op_memoize(self, arg: Any) -> None:
@@ -1114,8 +1172,8 @@ class Interpreter:
         if not stack or (marks and marks[-1] == len(stack)):
             raise CorruptFileError(f"{self.where}: MEMOIZE on an empty stack")
         n = len(dense) + len(sparse)
-        if n >= MAX_MEMO:
-            raise CorruptFileError(f"{self.where}: memo exceeds {MAX_MEMO} entries")
+        if n >= self.max_memo:
+            raise CorruptFileError(f"{self.where}: memo exceeds {self.max_memo} entries")
         if sparse:
             self.memo.put(n, stack[-1])
         else:
@@ -1194,7 +1252,7 @@ class Interpreter:
     def check_bounds(self) -> None:
         if self.reader.tell() > self.limit:
             raise CorruptFileError(f"{self.where}: runs past the end of its container at byte {self.limit}")
-        if self.ops > MAX_OPS or len(self.stack) > MAX_STACK:
+        if self.ops > self.max_ops or len(self.stack) > MAX_STACK:
             raise CorruptFileError(f"{self.where}: exceeds ckptool's size bounds")
 
     def handlers(self) -> dict[str, Callable[[Any], None]]:
@@ -1262,7 +1320,17 @@ def load(
     inert: set[str] | None = None,
 ) -> tuple[Any, int]:
     """Interpret one pickle from ``buf[pos:end]`` with the restricted :class:`Interpreter`. Returns (object,
-    position after STOP)."""
+    position after STOP).
+
+    The C unpickler reads it instead when :mod:`ckptool.formats.fastpickle`'s guard allows (same result,
+    several times faster); anything else, and every error, goes through the pure-Python interpreter."""
+    if not torchscript:
+        from . import fastpickle
+
+        if fastpickle.enabled():
+            got = fastpickle.load(buf, pos, end=end, persistent_load=persistent_load, where=where, inert=inert)
+            if got is not None:
+                return got
     return Interpreter(
         buf, pos, end=end, persistent_load=persistent_load, torchscript=torchscript, where=where, inert=inert
     ).run()
@@ -1496,15 +1564,20 @@ def collect_globals(buf: Any, pos: int = 0, end: int | None = None) -> Walk:
     return GlobalCollector(buf, pos, end).run()
 
 
-TupleDepths = dict[int, tuple[tuple[Any, ...], int]]
+TupleDepths = dict[int, tuple[tuple[Any, ...], int, int]]
+# Hashing a tuple visits every tuple inside it, shared ones each time they are reached (CPython does not cache
+# tuple hashes): ``t = (t, t)`` 40 levels deep is 170 bytes of pickle and 2**40 steps to hash. A dict key or set
+# item may hold at most this many tuples, counted that way (real checkpoints: a handful).
+MAX_KEY_WEIGHT = MAX_DEPTH
 
 
 def tuple_depth(x: Any, cache: TupleDepths) -> int:
     """How deeply tuples nest in ``x`` (0 for a non-tuple), iteratively and memoised; raises past MAX_DEPTH.
 
     Only tuple-in-tuple chains matter for hashing: hashing stops at the first unhashable item, and a
-    frozenset caches its items' hashes. ``cache`` maps id -> (tuple, depth) and keeps the tuple alive so
-    that an id is never reused for another object while the cache lives.
+    frozenset caches its items' hashes. ``cache`` maps id -> (tuple, depth, weight) and keeps the tuple alive so
+    that an id is never reused for another object while the cache lives; the weight is how many tuples hashing
+    it visits (see :data:`MAX_KEY_WEIGHT`), capped just past that bound.
     """
     if type(x) is not tuple:
         return 0
@@ -1519,10 +1592,11 @@ def tuple_depth(x: Any, cache: TupleDepths) -> int:
             todo.extend(pending)
             continue
         todo.pop()
-        d = 1 + max((cache[id(c)][1] for c in t if type(c) is tuple), default=0)
+        kids = [cache[id(c)] for c in t if type(c) is tuple]
+        d = 1 + max((k[1] for k in kids), default=0)
         if d > MAX_DEPTH:
             raise CorruptFileError(f"pickle nests tuples deeper than {MAX_DEPTH} levels")
-        cache[id(t)] = (t, d)
+        cache[id(t)] = (t, d, min(1 + sum(k[2] for k in kids), MAX_KEY_WEIGHT + 1))
     return cache[id(x)][1]
 
 
@@ -1568,7 +1642,12 @@ def check_nesting(root: Any, where: str = "pickle") -> None:
 
 
 def _hashable(k: Any, cache: TupleDepths | None = None) -> Any:
-    tuple_depth(k, {} if cache is None else cache)
+    cache = {} if cache is None else cache
+    if tuple_depth(k, cache) and cache[id(k)][2] > MAX_KEY_WEIGHT:
+        raise CorruptFileError(
+            f"pickle uses a tuple of more than {MAX_KEY_WEIGHT} tuples (shared ones counted each time) as a key: "
+            "hashing it could take exponential time"
+        )
     try:
         hash(k)
     except TypeError:
