@@ -183,7 +183,10 @@ def llama(d: Path, runs: int) -> list[str]:
         ),
         (
             "scan",
-            [("ckptool scan", [*CK, "scan", str(pt)], None)]
+            [
+                ("ckptool scan", [*CK, "scan", str(pt)], None),
+                ("ckptool scan --no-values", [*CK, "scan", "--no-values", str(pt)], None),
+            ]
             + ([("picklescan -p", ["picklescan", "-p", str(pt)], None)] if have("picklescan") else []),
         ),
     ]
