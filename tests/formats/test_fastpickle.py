@@ -29,22 +29,28 @@ from ckptool.formats.unpickler import Interpreter, Opaque, PickledDict, TensorRe
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def norm(x: Any) -> Any:
-    """A comparable form of a recorded object tree (EMPTY_DICT gives a plain dict in C, a PickledDict in Python:
-    both read as the same dict with no class and no BUILD state)."""
+def norm(x: Any, seen: dict[int, int] | None = None) -> Any:
+    """A comparable form of a recorded object tree, linear in its objects (a container met again is a
+    back-reference, as in the pickle's own memo; so a "billion laughs" DAG stays small). EMPTY_DICT gives a
+    plain dict in C and a PickledDict in Python: both read as the same dict with no class and no BUILD state."""
+    seen = {} if seen is None else seen
+    if isinstance(x, (dict, list, set, frozenset, TensorRecord, Opaque)) or (isinstance(x, tuple) and x):
+        if id(x) in seen:
+            return ("ref", seen[id(x)])
+        seen[id(x)] = len(seen)
     if isinstance(x, dict):
         kind, state = (x.kind, x.state) if isinstance(x, PickledDict) else ("dict", None)
-        return ("dict", kind, norm(state), [(norm(k), norm(v)) for k, v in x.items()])
+        return ("dict", kind, norm(state, seen), [(norm(k, seen), norm(v, seen)) for k, v in x.items()])
     if isinstance(x, list):
-        return ("list", [norm(v) for v in x])
+        return ("list", [norm(v, seen) for v in x])
     if isinstance(x, tuple):
-        return ("tuple", tuple(norm(v) for v in x))
+        return ("tuple", tuple(norm(v, seen) for v in x))
     if isinstance(x, (set, frozenset)):
-        return (type(x).__name__, sorted(repr(norm(v)) for v in x))
+        return (type(x).__name__, sorted(repr(norm(v, {})) for v in x))
     if isinstance(x, TensorRecord):
         return ("T", x.storage, x.storage_offset, x.shape, x.stride, x.dtype, x.requires_grad, x.is_parameter)
     if isinstance(x, Opaque):
-        return ("O", x.kind, norm(x.value), norm(x.state), norm(x.fields))
+        return ("O", x.kind, norm(x.value, seen), norm(x.state, seen), norm(x.fields, seen))
     if isinstance(x, float) and math.isnan(x):
         return ("nan",)
     return (type(x).__name__, x)
