@@ -377,3 +377,11 @@ def load(
     if inert is not None:
         inert |= seen
     return obj, stop
+
+
+def _fast_path(buf: Any, pos: int = 0, **kw: Any) -> tuple[Any, int] | None:
+    """:data:`unpickler.FAST_PATH`: :func:`load`, unless ``CKPTOOL_PURE_PICKLE=1`` (checked at every call)."""
+    return load(buf, pos, **kw) if enabled() else None
+
+
+unpickler.FAST_PATH = _fast_path

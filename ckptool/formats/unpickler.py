@@ -1309,6 +1309,12 @@ class Interpreter:
         return stack[0], self.reader.tell()
 
 
+# The C-unpickler fast path registers itself here when :mod:`ckptool.formats` is imported
+# (``formats/fastpickle.py`` imports this module, never the reverse: the import graph has no cycle). It returns
+# (object, position) or None, which means "read it with the Interpreter".
+FAST_PATH: Callable[..., tuple[Any, int] | None] | None = None
+
+
 def load(
     buf: Any,
     pos: int = 0,
@@ -1324,13 +1330,10 @@ def load(
 
     The C unpickler reads it instead when :mod:`ckptool.formats.fastpickle`'s guard allows (same result,
     several times faster); anything else, and every error, goes through the pure-Python interpreter."""
-    if not torchscript:
-        from . import fastpickle
-
-        if fastpickle.enabled():
-            got = fastpickle.load(buf, pos, end=end, persistent_load=persistent_load, where=where, inert=inert)
-            if got is not None:
-                return got
+    if not torchscript and FAST_PATH is not None:
+        got = FAST_PATH(buf, pos, end=end, persistent_load=persistent_load, where=where, inert=inert)
+        if got is not None:
+            return got
     return Interpreter(
         buf, pos, end=end, persistent_load=persistent_load, torchscript=torchscript, where=where, inert=inert
     ).run()

@@ -131,7 +131,12 @@ SLOW_WRITER = textwrap.dedent(
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_write_leaves_nothing(tmp_path: Path, sig: int) -> None:
     out = tmp_path / "out.bin"
-    p = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # SIGINT back to its default in the child: a shell starting the suite in the background (``cmd &``) hands its
+    # children SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+    p = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     assert p.stdout is not None
     assert p.stdout.readline().strip() == b"ready"
     assert len(listing(tmp_path)) == 1  # the temporary file exists while writing
