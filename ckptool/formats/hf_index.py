@@ -22,7 +22,6 @@ shard holds a tensor the map does not list; ``metadata.total_size``, when given,
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from ..checkpoint import Checkpoint, StorageInfo, TensorInfo
 from ..errors import CkptError, CorruptFileError, UnsafeFileError, UnsupportedFormatError
 from ..sources import Location, open_location
 from . import _members
+from ._json import loads_noting_duplicates
 
 if TYPE_CHECKING:
     from .scanning import ScanContext
@@ -146,18 +146,8 @@ def parse_index(data: bytes, name: str, out: Index) -> Iterator[Finding]:
     if len(data) > MAX_INDEX:
         yield "index-invalid", f"index is {len(data)} bytes, over the {MAX_INDEX:,}-byte limit", where
         return
-    dups: list[str] = []
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        d: dict[str, Any] = {}
-        for k, v in items:
-            if k in d:
-                dups.append(k)
-            d[k] = v
-        return d
-
     try:
-        doc = json.loads(data.decode("utf-8"), object_pairs_hook=pairs)
+        doc, dups = loads_noting_duplicates(data.decode("utf-8"))
     except UnicodeDecodeError as e:
         yield "index-invalid", f"index is not UTF-8 ({e.reason} at byte {e.start})", where
         return

@@ -7,7 +7,6 @@ data exactly; sizes equal to shape x dtype size; no duplicate names).
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from .. import dtypes
 from ..checkpoint import ByteSource, Checkpoint, StorageInfo, TensorInfo
 from ..errors import CorruptFileError
 from ..sources import Source
+from ._json import loads_noting_duplicates
 
 if TYPE_CHECKING:
     from .scanning import ScanContext
@@ -68,18 +68,8 @@ def findings(buf: Any, out: Parsed | None = None) -> Iterator[Finding]:
     except UnicodeDecodeError as e:
         yield KIND, f"header is not UTF-8 ({e.reason} at byte {8 + e.start})", where
         return
-    dups: list[str] = []
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        d: dict[str, Any] = {}
-        for k, v in items:
-            if k in d:
-                dups.append(k)
-            d[k] = v
-        return d
-
     try:
-        header = json.loads(text, object_pairs_hook=pairs)
+        header, dups = loads_noting_duplicates(text)
     except (ValueError, RecursionError) as e:
         yield KIND, f"header is not valid JSON ({str(e)[:120]})", where
         return
