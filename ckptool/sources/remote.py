@@ -291,8 +291,9 @@ class HttpFile:
             return self._error("the server refused the byte range (HTTP 416); is the file empty?")
         return self._error(f"the server answered HTTP {status}")
 
-    def _read(self, r: _Response, n: int) -> bytes:
-        """Exactly ``n`` body bytes (the caller checked the headers promise them)."""
+    def _read_body(self, r: _Response, n: int, announced: int | None) -> bytes:
+        """Up to ``n`` body bytes, counted; a timeout, a short body or a broken connection closes the response
+        and is one error (``announced``: the length the server promised, for the message)."""
         try:
             data = r.resp.read(n)
         except TimeoutError:
@@ -302,12 +303,17 @@ class HttpFile:
         except http.client.IncompleteRead as e:
             r.close()
             self._drop(r.url)
-            raise self._error(f"the server sent {len(e.partial)} of the {n} bytes it announced") from None
+            raise self._error(f"the server sent {len(e.partial)} of the {announced} bytes it announced") from None
         except (OSError, http.client.HTTPException) as e:
             r.close()
             self._drop(r.url)
             raise self._error(f"the download broke off ({_why(e)})") from None
         STATS.add(nbytes=len(data))
+        return data
+
+    def _read(self, r: _Response, n: int) -> bytes:
+        """Exactly ``n`` body bytes (the caller checked the headers promise them)."""
+        data = self._read_body(r, n, n)
         if len(data) != n:
             r.close()
             self._drop(r.url)
@@ -373,21 +379,7 @@ class HttpFile:
             raise self._error(
                 f"the server ignores Range requests and would send the whole {human(length)} file; refused", hint=hint
             )
-        try:
-            data = r.resp.read(MAX_WHOLE + 1)
-        except TimeoutError:
-            r.close()
-            self._drop(r.url)
-            raise self._error(f"the server stopped sending within {self.timeout:g} s (--timeout)") from None
-        except http.client.IncompleteRead as e:
-            r.close()
-            self._drop(r.url)
-            raise self._error(f"the server sent {len(e.partial)} of the {length} bytes it announced") from None
-        except (OSError, http.client.HTTPException) as e:
-            r.close()
-            self._drop(r.url)
-            raise self._error(f"the download broke off ({_why(e)})") from None
-        STATS.add(nbytes=len(data))
+        data = self._read_body(r, MAX_WHOLE + 1, length)
         r.close()
         self._drop(r.url)
         if len(data) > MAX_WHOLE:
