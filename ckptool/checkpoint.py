@@ -10,6 +10,7 @@ through :mod:`ckptool.sources`. This module imports no format.
 from __future__ import annotations
 
 import math
+import os
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -189,9 +190,22 @@ class Checkpoint:
     def file_of(self, t: TensorInfo) -> str | None:
         """The name (inside the checkpoint's folder) of the file holding the tensor's bytes: its shard, for a
         checkpoint of several files; None for a one-file checkpoint."""
+        names = self.files_of(t)
+        return ", ".join(names) if names else None
+
+    def files_of(self, t: TensorInfo) -> list[str]:
+        """Every file holding part of the tensor's bytes, by name inside the checkpoint's folder: one shard, or
+        several when its decoder gathers it from chunks in several files (a decoder with ``paths``: a DCP tensor
+        written by several ranks); empty for a one-file checkpoint."""
         if not self.files or t.storage is None or t.storage.source is None:
-            return None
-        return self.files.get(t.storage.source.path)
+            return []
+        src = t.storage.source
+        paths = getattr(src.decoder, "paths", None) or (src.path,)
+        return [self.files.get(p, os.path.basename(p)) for p in paths]
+
+    def _file_json(self, t: TensorInfo) -> str | list[str] | None:
+        names = self.files_of(t)
+        return names[0] if len(names) == 1 else (names or None)
 
     @property
     def total_numel(self) -> int:
@@ -237,7 +251,7 @@ class Checkpoint:
             "state_dict_key": self.state_dict_key,
             "tensors": [t.to_dict() for t in self.tensors]
             if not self.files
-            else [{**t.to_dict(), "file": self.file_of(t)} for t in self.tensors],
+            else [{**t.to_dict(), "file": self._file_json(t)} for t in self.tensors],
             "total_numel": self.total_numel,
             "total_bytes": self.total_bytes,
             "stored_bytes": self.stored_bytes,

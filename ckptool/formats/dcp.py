@@ -133,11 +133,12 @@ def detect_folder(loc: Location) -> bool:
         return False
 
 
-def member_files(where: Any) -> list[str]:
+def member_files(where: str | os.PathLike[str] | Location) -> list[str]:
     """The storage files of a DCP folder: a folder scan reads them through ``.metadata`` (:func:`scan`), not as
-    files of their own (a ``.distcp`` is archives back to back, no file a reader opens alone)."""
-    path = os.fspath(getattr(where, "name", where))
-    return [os.path.join(path, n) for n in sorted(os.listdir(path)) if n.endswith(".distcp")]
+    files of their own (a ``.distcp`` is archives back to back, no file a reader opens alone). Listed through
+    the folder's Location, as every other read of the folder is."""
+    loc = open_location(where)
+    return [loc.resolve(n) for n in loc.names() if n.endswith(".distcp")]
 
 
 # -- the metadata, as data ----------------------------------------------------------------------------------
@@ -483,6 +484,13 @@ class Assemble:
     entry: Entry
     files: Files
 
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The files the tensor's chunks are in (resolved, first-use order): more than one for a tensor that
+        several ranks wrote. :meth:`Checkpoint.file_of` names them."""
+        seen = {self.files.folder.resolve(c.file): None for c in self.entry.chunks if c.numel and c.file is not None}
+        return tuple(seen)
+
     def chunks(
         self, source: Source, where: ByteSource, start: int, stop: int, buf: bytearray
     ) -> Iterator[bytes | memoryview]:
@@ -620,6 +628,7 @@ def read_location(
     ]
     ck.notes.extend(notes)
     ck.opener = folder.open
+    ck.files = {folder.resolve(rel): rel for rel in layout.files}  # the shard column: which rank file(s) hold a tensor
     files.open = ck.source  # chunk files are opened (once) and closed with the Checkpoint
     return ck
 
