@@ -171,3 +171,12 @@ def read_header(path: Path) -> tuple[int, dict[str, Any]]:
 
 def files_in(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir())
+
+
+def noise_image(path: Path, seed: int = 0, size: tuple[int, int] = (320, 240)) -> Path:
+    """A seeded RGB noise picture (width x height) saved at ``path``: an input for predict that no model knows."""
+    from PIL import Image
+
+    w, h = size
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+    return path

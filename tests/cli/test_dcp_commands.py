@@ -9,13 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from factory import noise_image  # noqa: E402
 from onnx_fixtures import TINY, TinyVGG, calibrate  # noqa: E402
-from PIL import Image  # noqa: E402
 
 
 def _dcp(state: dict[str, Any], out: Path) -> Path:
@@ -56,12 +55,10 @@ def test_the_shard_column_on_a_terminal_and_plain(cli: Any, tty: Callable[..., A
 def r18_dcp(tmp_path_factory: pytest.TempPathFactory, real_state_dict: Any, save_ckpt: Any) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("r18dcp")
     sd = real_state_dict("resnet18")
-    img = d / "cat.png"
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(img)
     return {
         "single": save_ckpt(sd, d / "resnet18.pth"),
         "dcp": _dcp({"model": dict(sd), "epoch": 7}, d / "dcp"),
-        "image": img,
+        "image": noise_image(d / "cat.png", 1),
     }
 
 

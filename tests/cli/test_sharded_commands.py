@@ -7,24 +7,21 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from factory import noise_image
 from onnx_fixtures import TINY, TinyVGG, calibrate
-from PIL import Image
 
 
 @pytest.fixture(scope="module")
 def r18(tmp_path_factory: pytest.TempPathFactory, real_state_dict, hf_sharded, save_ckpt) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("r18sharded")
     sd = real_state_dict("resnet18")
-    img = d / "cat.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(img)
     return {
         "single": save_ckpt(sd, d / "resnet18.pth"),
         "st": hf_sharded(d / "st", dict(sd), max_shard_size=10_000_000),
         "bin": hf_sharded(d / "bin", dict(sd), safe=False, max_shard_size=10_000_000),
-        "image": img,
+        "image": noise_image(d / "cat.png", 0),
     }
 
 
