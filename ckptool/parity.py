@@ -375,11 +375,38 @@ def open_session(onnx_path: str | os.PathLike[str]) -> Any:
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    model = _ort_model(os.fspath(onnx_path))
     try:
-        return ort.InferenceSession(os.fspath(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
         msg = first_line(e, 300)
         raise CorruptFileError(f"onnxruntime cannot load the model ({msg})", path=os.fspath(onnx_path)) from None
+
+
+def _ort_model(path: str) -> str | bytes:
+    """What onnxruntime opens: a local path as it is. onnxruntime reads files, never ranges, so a URL is read
+    whole once: into memory when the model holds its weights (or from the ``--download`` copy); a model with
+    external data is downloaded beside its data files into the private temp folder (removed when the command
+    ends) and opened there."""
+    from .sources import remote
+
+    if not remote.is_url(path):
+        return path
+    from .formats import open_checkpoint
+
+    ck = open_checkpoint(path)
+    try:
+        sources = {t.storage.source.path for t in ck.tensors if t.storage is not None and t.storage.source is not None}
+        external = sorted(sources - {path})
+    finally:
+        ck.close()
+    if not external and not remote.downloading():
+        with remote.open_url(path, allow_empty=False) as src:
+            return src.read(0, src.size)
+    local, _name = remote.download(path)
+    for url in external:
+        remote.download(url)
+    return local
 
 
 def _torch_outputs(out: Any) -> list[Any]:

@@ -88,6 +88,7 @@ class CkptGroup(TyperGroup):
         _output.reset()
         remote.STATS.reset()
         remote.set_timeout(None)
+        remote.set_download(False)
         # before the command parses its options (a usage error there still answers in JSON)
         args = [*getattr(ctx, "_protected_args", []), *ctx.args]
         ctx.meta["ckptool.json"] = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
@@ -137,6 +138,7 @@ class CkptGroup(TyperGroup):
                 error_object("InternalError", msg, hint="rerun with CKPTOOL_DEBUG=1 for a traceback"),
             ) from None
         finally:
+            remote.cleanup_downloads()  # --download's copies, on every exit path (errors, Ctrl-C, SIGTERM)
             last = _output.current()
             if last is not None:
                 last.flush()

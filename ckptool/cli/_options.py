@@ -47,6 +47,30 @@ TimeoutOpt = Annotated[
 ]
 
 
+def _download(value: bool) -> bool:
+    from ..sources import remote
+
+    if value:
+        import signal
+        import sys
+
+        remote.set_download(True)
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # a kill still removes the downloaded copies
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    return value
+
+
+DownloadOpt = Annotated[
+    bool,
+    typer.Option(
+        "--download",
+        callback=_download,
+        help="For URLs: fetch each remote file once, whole, into a private temp folder (TMPDIR; removed when the "
+        "command ends) and read it locally, instead of streaming the bytes it needs with range requests.",
+    ),
+]
+
+
 def _allow_globals(ctx: typer.Context, value: list[str] | None) -> list[str] | None:
     """Allow the named pickle globals while this command runs (scoped: reset when the command ends)."""
     if value:

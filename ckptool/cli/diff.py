@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..errors import FindingsError, UsageError
-from ._options import AllowGlobalOpt, JsonOpt, TimeoutOpt
+from ._options import AllowGlobalOpt, DownloadOpt, JsonOpt, TimeoutOpt
 from ._output import Output, dims, human_bytes, start
 
 if TYPE_CHECKING:
@@ -142,6 +142,7 @@ def diff(
     json_: JsonOpt = False,
     allow_global: AllowGlobalOpt = None,
     timeout: TimeoutOpt = None,
+    download: DownloadOpt = False,
 ) -> None:
     """Compare two checkpoints: keys only in A / only in B, shape and dtype differences, and the max abs
     difference of every common tensor. Exit 0 identical (bit for bit, or within --atol), 1 different."""

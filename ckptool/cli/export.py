@@ -14,6 +14,7 @@ from ._options import (
     ArchArgOpt,
     ArchOpt,
     AtolOpt,
+    DownloadOpt,
     ForceOpt,
     InputShapeOpt,
     JsonOpt,
@@ -96,6 +97,7 @@ def export(
     json_: JsonOpt = False,
     allow_global: AllowGlobalOpt = None,
     timeout: TimeoutOpt = None,
+    download: DownloadOpt = False,
 ) -> None:
     """Convert a checkpoint: --safetensors OUT or --pth OUT (streamed, bit-exact, torch-free), or --onnx OUT
     --arch NAME (exported, checked with onnx.checker, verified against torch). Exit 0 done, 1 parity failed,

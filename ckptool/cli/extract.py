@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import AllowGlobalOpt, ForceOpt, JsonOpt, KeyOpt, PathArg, TimeoutOpt
+from ._options import AllowGlobalOpt, DownloadOpt, ForceOpt, JsonOpt, KeyOpt, PathArg, TimeoutOpt
 from ._output import human_bytes, human_count, start
 
 PrefixOpt = Annotated[
@@ -56,6 +56,7 @@ def extract(
     json_: JsonOpt = False,
     allow_global: AllowGlobalOpt = None,
     timeout: TimeoutOpt = None,
+    download: DownloadOpt = False,
 ) -> None:
     """Extract the sub-state-dict under a prefix, e.g. `features` as a frozen feature extractor. Streamed and atomic."""
     from ..extract import extract as run_extract

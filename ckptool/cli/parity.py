@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -14,6 +13,7 @@ from ._options import (
     ArchArgOpt,
     ArchOpt,
     AtolOpt,
+    DownloadOpt,
     InputShapeOpt,
     JsonOpt,
     KeyOpt,
@@ -21,10 +21,14 @@ from ._options import (
     PathArg,
     RtolOpt,
     StolOpt,
+    TimeoutOpt,
 )
 from ._output import Output, dims, plural, start
 
-OnnxArg = Annotated[Path, typer.Argument(help="The ONNX model to verify.", show_default=False)]
+OnnxArg = Annotated[
+    str,  # not a Path: Path("https://host/f") collapses the "//" of a URL
+    typer.Argument(help="The ONNX model to verify (a file or a URL).", show_default=False),
+]
 SamplesOpt = Annotated[int, typer.Option("--samples", "-n", min=1, help="How many seeded inputs to run.")]
 BatchOpt = Annotated[int, typer.Option("--batch", "-b", min=1, help="Batch size (for a dynamic batch dimension).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the inputs (standard normal, like normalized images).")]
@@ -81,6 +85,8 @@ def parity(
     features_only: FeaturesOpt = None,
     json_: JsonOpt = False,
     allow_global: AllowGlobalOpt = None,
+    timeout: TimeoutOpt = None,
+    download: DownloadOpt = False,
 ) -> None:
     """Run seeded inputs through the checkpoint (torch) and the ONNX model (onnxruntime, CPU) and compare every
     output. An element fails only when it is off by more than --atol AND by more than --rtol x |torch| AND by

@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
-from ._options import AllowGlobalOpt, ArchArgOpt, ArchOpt, JsonOpt, KeyOpt, NumClassesOpt
+from ._options import AllowGlobalOpt, ArchArgOpt, ArchOpt, DownloadOpt, JsonOpt, KeyOpt, NumClassesOpt, TimeoutOpt
 from ._output import plural, start
 
 ModelArg = Annotated[
-    Path,
+    str,  # not a Path: Path("https://host/f") collapses the "//" of a URL
     typer.Argument(
-        help="A checkpoint (.pth/.pt/.bin/.ckpt/.safetensors; needs --arch) or an ONNX model (.onnx; runs on onnxruntime without torch).",
+        help="A checkpoint (.pth/.pt/.bin/.ckpt/.safetensors; needs --arch) or an ONNX model (.onnx; runs on "
+        "onnxruntime without torch); a file or a URL.",
         show_default=False,
     ),
 ]
@@ -52,13 +53,15 @@ def predict(
     key: KeyOpt = None,
     json_: JsonOpt = False,
     allow_global: AllowGlobalOpt = None,
+    timeout: TimeoutOpt = None,
+    download: DownloadOpt = False,
 ) -> None:
     """Classify images, as the article's last step does: Resize((224, 224)), ToTensor, Normalize(ImageNet), softmax, top-K."""
     from ..arch.registry import parse_arch_args
     from ..predict import predict as run_predict  # numpy, Pillow: loaded only when predict runs
 
     o = start(json_)
-    backend = "onnxruntime" if model.suffix.lower() == ".onnx" else "torch"
+    backend = "onnxruntime" if model.lower().split("?", 1)[0].endswith(".onnx") else "torch"
     with o.status(f"classifying {plural(len(images), 'image')} with {backend}"):
         report = run_predict(
             model,

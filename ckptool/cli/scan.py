@@ -10,7 +10,7 @@ import typer
 
 from ..errors import FindingsError
 from ._errors import error_object
-from ._options import AllowGlobalOpt, JsonOpt, TimeoutOpt
+from ._options import AllowGlobalOpt, DownloadOpt, JsonOpt, TimeoutOpt
 from ._output import Output, Part, plural, start
 
 if TYPE_CHECKING:
@@ -137,6 +137,7 @@ def scan(
     json_: JsonOpt = False,
     allow_global: AllowGlobalOpt = None,
     timeout: TimeoutOpt = None,
+    download: DownloadOpt = False,
 ) -> None:
     """Static safety and integrity scan for CI: every pickle and every global it references (safe / dangerous /
     unknown), hidden pickles, NaN/Inf and negative running_var, zip and safetensors structure, ONNX external data,

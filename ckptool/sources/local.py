@@ -52,7 +52,7 @@ class LocalFile:
     """A regular file: one unbuffered handle for ``readinto``, maps made on first use."""
 
     def __init__(self, path: str | os.PathLike[str], *, allow_empty: bool = True):
-        self.name = os.fspath(path)
+        self.name = self.path = os.fspath(path)  # name: what messages show (a downloaded copy shows its URL)
         st = _stat(self.name)
         if st.st_size == 0 and not allow_empty:
             raise CorruptFileError("file is empty", path=self.name)
@@ -110,7 +110,7 @@ class LocalFile:
         return self._map(False)
 
     def fileobj(self) -> IO[bytes]:
-        return open(self.name, "rb")
+        return open(self.path, "rb")
 
     def close(self) -> None:
         for m in self._maps.values():

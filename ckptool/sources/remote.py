@@ -42,7 +42,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Any
-from urllib.parse import quote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 from ..errors import CorruptFileError, UnreadableError, UsageError
 
@@ -142,6 +142,128 @@ def summary() -> str | None:
         return None
     r = STATS.requests
     return f"fetched {human(STATS.bytes_fetched)} in {r} request{'s' if r != 1 else ''}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# --download: each remote file fetched once, whole, into a private temp folder, read locally
+# ---------------------------------------------------------------------------------------------------
+DOWNLOAD_CHUNK = 1 << 20
+DOWNLOAD_MARGIN = 256 << 20  # left free on the temp folder's disk
+
+
+class _Downloads:
+    """This process's downloads: one private folder (0700, made on first use), one file per URL."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.dir: str | None = None
+        self.pid = 0
+        self.files: dict[str, str] = {}
+        self.locks: dict[str, threading.Lock] = {}
+        self.lock = threading.Lock()
+        self.registered = False
+
+    def folder(self) -> str:
+        with self.lock:
+            if self.dir is None or self.pid != os.getpid():  # a worker process makes (and removes) its own
+                import tempfile
+
+                self.dir, self.pid, self.files = tempfile.mkdtemp(prefix="ckptool-download-"), os.getpid(), {}
+                if not self.registered:  # the library's callers: removed at exit at the latest
+                    import atexit
+
+                    atexit.register(self.cleanup)
+                    self.registered = True
+            return self.dir
+
+    def cleanup(self) -> None:
+        with self.lock:
+            if self.dir is not None and self.pid == os.getpid():
+                import shutil
+
+                shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir, self.files, self.locks = None, {}, {}
+
+
+DOWNLOADS = _Downloads()
+
+
+def set_download(on: bool) -> None:
+    """``--download``: remote files opened after this are fetched whole once and read from a local copy."""
+    DOWNLOADS.on = bool(on)
+
+
+def downloading() -> bool:
+    return DOWNLOADS.on
+
+
+def cleanup_downloads() -> None:
+    """Remove this process's downloaded copies (the CLI calls it when a command ends, however it ends)."""
+    DOWNLOADS.cleanup()
+
+
+def download_cap(folder: str) -> int:
+    """The most a download may write: ``CKPTOOL_DOWNLOAD_MAX`` bytes if set, and never more than the free space
+    of the temp folder's disk less :data:`DOWNLOAD_MARGIN`."""
+    import shutil
+
+    free = max(shutil.disk_usage(folder).free - DOWNLOAD_MARGIN, 0)
+    env = os.environ.get("CKPTOOL_DOWNLOAD_MAX", "").strip()
+    if env.isdigit():
+        return min(int(env), free)
+    return free
+
+
+def download(url: str) -> tuple[str, str]:
+    """(local path, display name) of the URL's file, fetched whole on first use in this command (one request
+    for http(s)/hf), streamed to the private folder against :func:`download_cap`; a failure leaves nothing."""
+    f = open_remote_file(url)
+    folder = DOWNLOADS.folder()
+    with DOWNLOADS.lock:
+        lock = DOWNLOADS.locks.setdefault(url, threading.Lock())
+    with lock:
+        done = DOWNLOADS.files.get(url)
+        if done is not None:
+            return done, f.name
+        path = _local_name(folder, url)
+        try:
+            with open(path, "xb") as out:
+                f.download(out, download_cap(folder))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        finally:
+            f.close()
+        DOWNLOADS.files[url] = path
+        return path, f.name
+
+
+def _local_name(folder: str, url: str) -> str:
+    """Where a URL's copy goes: ``folder/HOST-HASH/its/path`` (files of one remote folder stay side by side,
+    so an ONNX model finds its external data by its relative name); a second URL with the same path (another
+    query) goes to a folder of its own."""
+    import hashlib
+
+    parts = urlsplit(url)
+    host = hashlib.sha256(f"{parts.scheme}://{parts.netloc}".encode()).hexdigest()[:12]
+    names = [re.sub(r"[^A-Za-z0-9@._-]", "_", unquote(x))[-120:] for x in parts.path.split("/")]
+    names = [x for x in names if x not in ("", ".", "..")] or ["file"]
+    path = os.path.join(folder, host, *names)
+    n = 0
+    while os.path.lexists(path):
+        n += 1
+        path = os.path.join(folder, f"{host}-{n}", *names)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    return path
+
+
+def _too_big(name: str, n: int, cap: int) -> UnreadableError:
+    return UnreadableError(
+        f"--download: the file is {human(n)}, more than the {human(cap)} the download may take",
+        path=name,
+        hint="free disk space in the temp folder (TMPDIR), raise CKPTOOL_DOWNLOAD_MAX, or drop --download",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -519,6 +641,35 @@ class HttpFile:
             return _Stream(self, None, start, start)
         return _Stream(self, r, start, e)
 
+    def download(self, out: IO[bytes], cap: int) -> int:
+        """The whole file into ``out`` in one plain GET, never more than ``cap`` bytes (nor more than the server
+        announced). Returns the size."""
+        r = self._get(None, own=True)
+        try:
+            if r.status != 200:
+                raise self._error(f"the server answered HTTP {r.status} to a plain GET")
+            length = self._length(r)
+            if length is not None and length > cap:
+                raise _too_big(self.name, length, cap)
+            limit = cap if length is None else length
+            got = 0
+            while True:
+                chunk = self._read_body(r, min(DOWNLOAD_CHUNK, limit - got + 1), length)
+                if not chunk:
+                    break
+                got += len(chunk)
+                if got > limit:
+                    if length is None:
+                        raise _too_big(self.name, got, cap)
+                    raise self._error(f"the server sent more than the {length} bytes it announced")
+                out.write(chunk)
+            if length is not None and got != length:
+                raise self._error(f"the server sent {got} of the {length} bytes it announced")
+            self.size = got
+            return got
+        finally:
+            r.close()
+
     def close(self) -> None:
         pool = getattr(self._local, "pool", {})
         for conn in pool.values():
@@ -644,6 +795,18 @@ class FsspecFile:
 
     def stream(self, start: int, end: int) -> None:
         return None
+
+    def download(self, out: IO[bytes], cap: int) -> int:
+        """The whole file into ``out``: one ranged read per :data:`STREAM_WINDOW`, never more than ``cap``."""
+        size = int(self._call(self.fs.info, self.path)["size"])
+        STATS.add(requests=1)
+        if size > cap:
+            raise _too_big(self.name, size, cap)
+        for pos in range(0, size, STREAM_WINDOW):
+            ((_s, data),) = self.fetch(pos, min(size, pos + STREAM_WINDOW))
+            out.write(data)
+        self.size = size
+        return size
 
     def close(self) -> None:
         pass
@@ -1046,14 +1209,26 @@ _MAX_OPENED = 4096  # shards of one model (sources, not their bytes: the cache h
 _OPEN_LOCK = threading.Lock()
 
 
-def open_url(url: str, *, allow_empty: bool = True) -> RemoteSource:
-    """A URL as a Source. Every failure is a :class:`~ckptool.errors.CkptError` naming the redacted URL.
+def open_url(url: str, *, allow_empty: bool = True) -> Any:
+    """A URL as a Source (a :class:`RemoteSource`; with :func:`set_download`, a
+    :class:`~ckptool.sources.LocalFile` over the downloaded copy). Every failure is a
+    :class:`~ckptool.errors.CkptError` naming the redacted URL.
 
     Opening a URL again in the same command (scan walks it, then reads it as a checkpoint; a checkpoint
     reopens its file for tensor bytes) shares the first source's size and cached bytes: no request is repeated.
     """
     if url.lower().startswith("hf://") and not parse_hf(url).path:
         url = str(resolve_hf(url))
+    if DOWNLOADS.on:
+        from .local import LocalFile
+
+        path, name = download(url)
+        local = LocalFile(path)
+        local.name = name  # output and errors name the URL, never the temp copy
+        if local.size == 0 and not allow_empty:
+            local.close()
+            raise CorruptFileError("file is empty", path=name)
+        return local
     with _OPEN_LOCK:
         first = _OPENED.get(url)
     if first is not None:

@@ -139,7 +139,7 @@ class Hostile:
     ``/ok/`` honours Range; ``/norange/`` ignores it (200 + the whole body); ``/huge/`` ignores it and claims
     (and streams) 16 GB; ``/lie/`` announces a Content-Length larger than what it sends (``/liewhole/``: with a 200); ``/short/`` answers
     each range with fewer bytes than asked (a valid, shorter Content-Range); ``/redirect/`` sends a 302 to
-    ``other`` (another host: 127.0.0.2); ``/hang/`` accepts and never answers; ``/404/``, ``/401/``, ``/403/``.
+    ``other`` (another host: 127.0.0.2); ``/hang/`` accepts and never answers; ``/slow/`` sends 1 MB of a whole body, then stalls; ``/404/``, ``/401/``, ``/403/``.
     Every request's headers are kept in ``requests``.
     """
 
@@ -239,6 +239,14 @@ class Hostile:
             def h_redirect(self) -> None:
                 rest = self.path.split("/", 2)[2]
                 self._send(302, b"", {"Location": f"{outer.other}/ok/{rest}", "Content-Length": "0"})
+
+            def h_slow(self) -> None:  # a plain GET: announces the whole file, sends 1 MB, then stalls
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(outer.data)))
+                self.end_headers()
+                self.wfile.write(outer.data[: 1 << 20])
+                self.wfile.flush()
+                outer.stop_event.wait(30)
 
             def h_hang(self) -> None:
                 outer.stop_event.wait(30)
