@@ -63,6 +63,18 @@ TORCH_ALIASES: dict[str, str] = {
     "cdouble": "complex128",
 }
 
+# bytes per element by every spelling :func:`lookup` accepts (``float32``, ``float``, ``torch.float``): one dict
+# probe for the per-tensor paths (TensorInfo, StorageInfo), where ``lookup``'s string work adds up at 100k tensors
+ITEMSIZE: dict[str, int] = {d.name: d.itemsize for d in _TABLE}
+ITEMSIZE.update({alias: BY_NAME[name].itemsize for alias, name in TORCH_ALIASES.items()})
+ITEMSIZE.update({f"torch.{k}": v for k, v in list(ITEMSIZE.items())})
+
+
+def itemsize(name: str) -> int:
+    """Bytes per element of the dtype called ``name`` (as :func:`lookup` spells it; KeyError when unknown)."""
+    size = ITEMSIZE.get(name)
+    return size if size is not None else lookup(name).itemsize
+
 
 def lookup(name: str) -> DType:
     """The DType called ``name`` (torch spelling, with or without ``torch.``)."""
