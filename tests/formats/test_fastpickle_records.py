@@ -1,0 +1,170 @@
+"""The guard's one-step tensor records (formats/fastpickle.py, ``_TENSOR``) against its opcode-by-opcode walk.
+
+``guard(data)`` and ``guard(data, tensors=False)`` must agree on every pickle: torch's own, and crafted variants
+of it (every byte of a record changed, memo indexes and GET targets moved, tuples where strings were).
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import random
+import struct
+import zipfile
+from typing import Any
+
+import pytest
+import torch
+
+from ckptool.formats import fastpickle
+
+
+def data_pkl(obj: Any, **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf, **kw)
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as z:
+        name = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+        return z.read(name)
+
+
+def _steps(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Every record the guard took in one step (True) or handed back to the walk (False)."""
+    seen: list[bool] = []
+    real = fastpickle._tensor_record
+
+    def counted(*a: Any) -> bool:
+        ok = real(*a)
+        seen.append(ok)
+        return ok
+
+    monkeypatch.setattr(fastpickle, "_tensor_record", counted)
+    return seen
+
+
+def _same(data: bytes) -> int | None:
+    fast = fastpickle.guard(data)
+    assert fast == fastpickle.guard(data, tensors=False)
+    return fast
+
+
+SHAPES = [(), (3,), (2, 3), (2, 3, 4), (1, 2, 1, 2), (1, 1, 1, 1, 1, 2), (0, 4)]
+
+
+def _state_dicts() -> dict[str, Any]:
+    g = torch.Generator().manual_seed(0)
+    mixed = collections.OrderedDict()
+    for i in range(300):  # past 256 memo entries: BINPUT then LONG_BINPUT, BINGET then LONG_BINGET
+        shape = SHAPES[i % len(SHAPES)]
+        dt = (torch.float32, torch.float16, torch.int64, torch.bfloat16)[i % 4]
+        mixed[f"layer.{i}.w"] = torch.zeros(shape, dtype=dt)
+    base = torch.randn(8, 6, generator=g)
+    return {
+        "mixed": mixed,
+        "module": torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3)).state_dict(),  # _metadata, BUILD
+        "views": {"a": base[2:].view(3, 12), "t": base.t(), "s": base[::2], "b": base},
+        "grad": {"p": torch.zeros(3, requires_grad=True), "q": torch.ones(2, 2)},
+        "tied": {"emb": base, "head": base},
+        "nested": {"model": mixed, "epoch": 3, "opt": {"lr": 0.1, "betas": (0.9, 0.99)}},
+        "big": {f"k{i}": torch.zeros(2, i % 5 + 1) for i in range(2000)},
+        "long_keys": {"x" * 300 + str(i): torch.zeros(i + 1) for i in range(5)},
+    }
+
+
+@pytest.mark.parametrize("proto", [2, 4])
+@pytest.mark.parametrize("name", list(_state_dicts()))
+def test_torch_pickles_guard_the_same(name: str, proto: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = data_pkl(_state_dicts()[name], pickle_protocol=proto)
+    steps = _steps(monkeypatch)
+    assert _same(data) == len(data)
+    if name in ("mixed", "big") and proto == 2:
+        assert sum(steps) > 0.9 * (300 if name == "mixed" else 2000), "torch's records should take one step"
+
+
+def _mutants(data: bytes, rng: random.Random, k: int) -> list[bytes]:
+    """``k`` copies of data with one byte changed in its tensor records (and a few with two)."""
+    starts = [m.start() for m in fastpickle._TENSOR.__self__.finditer(data)]  # type: ignore[attr-defined]
+    assert starts
+    out = []
+    for _ in range(k):
+        b = bytearray(data)
+        for _ in range(rng.choice((1, 1, 1, 2))):
+            at = rng.choice(starts) + rng.randrange(60)
+            b[min(at, len(b) - 2)] = rng.choice((rng.randrange(256), 0x68, 0x6A, 0x71, 0x72, 0x28, 0x74, 0x85, 0x52))
+        out.append(bytes(b))
+    return out
+
+
+def test_changed_records_guard_the_same() -> None:
+    rng = random.Random(12)
+    data = data_pkl(_state_dicts()["mixed"])
+    accepted = 0
+    for m in _mutants(data, rng, 3000):
+        accepted += _same(m) is not None
+    assert accepted > 50  # some changes keep a valid pickle (an int's value, a key's byte), and both accept them
+
+
+def _records(data: bytes) -> list[Any]:
+    return list(fastpickle._TENSOR.__self__.finditer(data))  # type: ignore[attr-defined]
+
+
+def _put_index(tok_at: int, data: bytearray) -> int:
+    return data[tok_at + 1] if data[tok_at] == 0x71 else struct.unpack_from("<I", data, tok_at + 1)[0]
+
+
+def test_memo_indexes_out_of_order_are_walked() -> None:
+    data = bytearray(data_pkl(_state_dicts()["big"]))
+    recs = _records(bytes(data))
+    for group in (4, 6, 11, 12):  # the key-store, persistent id, hooks, arguments and tensor PUTs
+        b = bytearray(data)
+        at = recs[500].start(group)
+        assert b[at] == 0x72
+        struct.pack_into("<I", b, at + 1, _put_index(at, b) + 1)
+        assert _same(bytes(b)) is None
+
+
+def _retarget(data: bytes, recs: list[Any], group: int, target: int) -> bytes:
+    """data with the GET of ``group`` in each of ``recs`` pointing at memo entry ``target`` (as LONG_BINGET)."""
+    b = bytearray(data)
+    for r in sorted(recs, key=lambda r: -r.start()):
+        lo, hi = r.span(group)
+        b[lo:hi] = b"j" + struct.pack("<I", target)
+    return bytes(b)
+
+
+def test_gets_of_tuples_weigh_as_the_walk_weighs_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The storage GETs of later records point at a memoized tuple (a persistent id, weight 1): each record's
+    persistent id weighs more, as the walk weighs it; the step still takes them."""
+    data = data_pkl(_state_dicts()["big"])
+    recs = _records(data)
+    pid_entry = _put_index(recs[10].start(6), bytearray(data))  # the memo entry of record 10's persistent id
+    changed = _retarget(data, recs[20:], 2, pid_entry)  # the 'storage' GET
+    steps = _steps(monkeypatch)
+    assert _same(changed) == len(changed)
+    assert sum(steps) > 1900
+
+
+def test_gets_of_later_entries_are_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The location GET of one record naming an entry not made yet (far ahead, or the record's own persistent id,
+    PUT after it): the walk refuses the pickle. Naming the record's own key (PUT just before it) is valid: the step
+    declines it (it takes GETs of earlier entries only) and the walk accepts it."""
+    data = data_pkl(_state_dicts()["big"])
+    recs = _records(data)
+    own = bytearray(data)
+    for target in (10**6, _put_index(recs[30].start(6), own)):
+        assert _same(_retarget(data, recs[30:31], 5, target)) is None
+    steps = _steps(monkeypatch)
+    changed = _retarget(data, recs[30:31], 5, _put_index(recs[30].start(4), own))
+    assert _same(changed) == len(changed)
+    assert steps.count(False) == 1
+
+
+def test_records_near_the_mark_bound_are_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside 9,998 MARKs a record's two nested MARKs reach MAX_MARK_DEPTH: the step declines, the walk decides."""
+    inner = data_pkl({"a": torch.zeros(2), "b": torch.zeros(3)})
+    assert inner.startswith(b"\x80\x02") and inner.endswith(b"u.")
+    depth = fastpickle.MAX_MARK_DEPTH - 3
+    body = inner[2:-1]  # the dict (the SETITEMS included), without PROTO and STOP
+    data = b"\x80\x02" + b"(" * depth + body + b"1" * depth + b"."  # POP_MARKs close them
+    steps = _steps(monkeypatch)
+    _same(data)
+    assert steps and False in steps
