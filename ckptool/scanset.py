@@ -309,6 +309,20 @@ def scan_one(target: Target, options: ScanOptions) -> list[ScanReport | ScanFail
     return [report]
 
 
+def _counted(
+    target: Target, options: ScanOptions, conf: dict[str, Any]
+) -> tuple[list[ScanReport | ScanFailure], int, int]:
+    """:func:`scan_one` in a worker process, with what it fetched from URLs (requests, bytes)."""
+    from .sources import remote
+
+    remote.apply_settings(conf)
+    r0, b0 = remote.STATS.requests, remote.STATS.bytes_fetched
+    try:
+        return scan_one(target, options), remote.STATS.requests - r0, remote.STATS.bytes_fetched - b0
+    finally:
+        remote.cleanup_downloads()  # a worker's --download copies go with its task
+
+
 def scan_paths(
     paths: Sequence[str | os.PathLike[str]], options: ScanOptions | None = None, *, jobs: int = 1
 ) -> ScanRun:
@@ -325,10 +339,18 @@ def scan_paths(
     if jobs > 1 and files > 1:
         from concurrent.futures import ProcessPoolExecutor
 
+        from .sources import remote
+
         with ProcessPoolExecutor(max_workers=min(jobs, files)) as pool:
-            futures = [None if isinstance(t, ScanFailure) else pool.submit(scan_one, t, options) for t in items]
+            conf = remote.settings()  # --timeout, --download: the workers read URLs as this process would
+            futures = [None if isinstance(t, ScanFailure) else pool.submit(_counted, t, options, conf) for t in items]
             for item, fut in zip(items, futures, strict=True):
-                run.results.extend(one(item) if fut is None else fut.result())
+                if fut is None:
+                    run.results.extend(one(item))
+                    continue
+                results, requests, nbytes = fut.result()
+                remote.STATS.add(requests, nbytes)  # what the workers fetched counts as this command's
+                run.results.extend(results)
     else:
         for item in items:
             run.results.extend(one(item))

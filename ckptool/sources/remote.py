@@ -6,8 +6,12 @@ its end and ``data.pkl`` at its start, a legacy file's pickles at its start, a s
 is a lazy, sliceable view over it (the formats slice it as they slice a memory map), and
 :meth:`RemoteSource.prefetch` lets a format ask for many small ranges it already knows (every local zip
 header, every legacy storage's element count) in one round trip: one multi-range request when the server
-answers with ``multipart/byteranges``, else one merged range per gap. Tensor bytes stream through one open
-response per contiguous run, never through the cache.
+answers with ``multipart/byteranges``, else one merged range per gap. Tensor bytes (reads of
+:data:`STREAM_MIN` or more, and any read just past the last run) go in **runs**, never through the header
+cache: one request reads [offset, offset + window) whole; the reads that follow are served from it; a run that
+follows the last one doubles the window, a jump starts again small; the last runs are kept up to
+:data:`RUN_MEMORY` bytes, so storages read a little out of file order (a safetensors export writes names in
+sorted order, a legacy file stores its storages by key) cost no new request.
 
 **Why these numbers** (measured with ``bench/bench_remote.py`` against a local nginx, vgg16_bn 553 MB):
 
@@ -17,6 +21,11 @@ response per contiguous run, never through the cache.
   directory of ~100 members is ~10 KB), as a suffix range.
 * Other misses round to :data:`BLOCK` (64 KB) blocks; a larger block only adds bytes (the budget is 512 KB),
   a smaller one adds requests.
+* Runs (``bench/bench_remote.py --sweep``, ``scan URL`` of vgg16_bn): windows 2 MB doubling to 16 MB with
+  16 MB kept take 75 requests for the zip and 66 for the legacy file at 75 / 87 MiB peak RSS; a 4 MB cap takes
+  2-4x the requests, a 64 MB cap 29 / 49 requests but 266 / 235 MiB and no faster (each run is read whole before
+  it serves a byte); 64 MB kept saves 6 % of the legacy bytes for 1.6x the memory. On a 2.8 MB zip of 97
+  tensors of 147 KB, the values went from 18 requests to 5.
 
 **HTTP is served by the standard library, not fsspec's HTTPFileSystem:** that needs aiohttp, and its
 ``cat_file(path, start, end)`` reads whatever body the server sends (``await r.read()``) even when the server
@@ -49,9 +58,11 @@ from ..errors import CorruptFileError, UnreadableError, UsageError
 HEAD_BLOCK = 64 << 10
 TAIL_BLOCK = 64 << 10
 BLOCK = 64 << 10
-STREAM_MIN = 256 << 10  # reads this large bypass the cache and stream
-STREAM_SKIP = 1 << 20  # an open stream reads on over a gap this small rather than start a new request
-STREAM_WINDOW = 16 << 20  # one streamed response covers this much (what a server sends past a jump is bounded)
+STREAM_MIN = 32 << 10  # reads this large (tensor bytes) bypass the header cache and go through runs
+STREAM_SKIP = 1 << 20  # a read this close past the last run starts the next, larger run (a gap this small is skipped)
+STREAM_FIRST = 2 << 20  # a run's first window...
+STREAM_WINDOW = 16 << 20  # ...doubled while reads follow on, up to this: the largest request
+RUN_MEMORY = 16 << 20  # runs kept for the reads that come back (the oldest dropped first)
 MAX_WHOLE = 16 << 20  # a server that ignores Range: read a file up to this size whole, refuse a larger one
 CACHE_LIMIT = 256 << 20  # header bytes kept; a pickle larger than this is re-fetched, not kept
 MAX_REDIRECTS = 5
@@ -118,6 +129,16 @@ def set_timeout(seconds: float | None) -> None:
         _settings["timeout"] = float(seconds)
 
 
+def settings() -> dict[str, Any]:
+    """What :func:`set_timeout` and :func:`set_download` set, for a worker process (:func:`apply_settings`)."""
+    return {"timeout": _settings.get("timeout"), "download": DOWNLOADS.on}
+
+
+def apply_settings(conf: dict[str, Any]) -> None:
+    set_timeout(conf.get("timeout"))
+    set_download(bool(conf.get("download")))
+
+
 def timeout() -> float:
     if "timeout" in _settings:
         return _settings["timeout"]
@@ -147,7 +168,7 @@ def summary() -> str | None:
 # ---------------------------------------------------------------------------------------------------
 # --download: each remote file fetched once, whole, into a private temp folder, read locally
 # ---------------------------------------------------------------------------------------------------
-DOWNLOAD_CHUNK = 1 << 20
+DOWNLOAD_CHUNK = 4 << 20
 DOWNLOAD_MARGIN = 256 << 20  # left free on the temp folder's disk
 
 
@@ -303,6 +324,7 @@ class HttpFile:
         self.timeout = timeout()
         self.size = -1
         self.multi_ok = True
+        self.error_code: str | None = None
         self.auth_hint = "give them in the URL: https://USER:PASSWORD@host/..."
         self._local = threading.local()
 
@@ -386,6 +408,7 @@ class HttpFile:
                 url = new
                 continue
             if resp.status >= 400:
+                self.error_code = resp.getheader("X-Error-Code")  # the Hub's reason (RepositoryNotFound, ...)
                 _discard(resp)
                 self._drop(url)
                 raise self._status_error(resp.status)
@@ -432,6 +455,25 @@ class HttpFile:
             raise self._error(f"the download broke off ({_why(e)})") from None
         STATS.add(nbytes=len(data))
         return data
+
+    def _readinto_body(self, r: _Response, view: memoryview, announced: int | None) -> int:
+        """:meth:`_read_body` into a caller's buffer: the count read (0 at the end of the body)."""
+        try:
+            k = r.resp.readinto(view)
+        except TimeoutError:
+            r.close()
+            self._drop(r.url)
+            raise self._error(f"the server stopped sending within {self.timeout:g} s (--timeout)") from None
+        except http.client.IncompleteRead as e:
+            r.close()
+            self._drop(r.url)
+            raise self._error(f"the server sent {len(e.partial)} of the {announced} bytes it announced") from None
+        except (OSError, http.client.HTTPException) as e:
+            r.close()
+            self._drop(r.url)
+            raise self._error(f"the download broke off ({_why(e)})") from None
+        STATS.add(nbytes=k)
+        return k
 
     def _read(self, r: _Response, n: int) -> bytes:
         """Exactly ``n`` body bytes (the caller checked the headers promise them)."""
@@ -627,20 +669,6 @@ class HttpFile:
             out.append((s, data))
         return out
 
-    def stream(self, start: int, end: int) -> _Stream:
-        """An open response over [start, end) that reads on as the caller asks (tensor bytes)."""
-        r = self._get(f"bytes={start}-{end - 1}", own=True)
-        if r.status != 206:
-            r.close()
-            raise self._error(f"the server ignored the Range request (HTTP {r.status})")
-        s, e, _total = self._range_of(r)
-        if s != start or e < end:
-            r.close()
-            self._drop(r.url)
-            # a short answer: the caller falls back to ranged reads
-            return _Stream(self, None, start, start)
-        return _Stream(self, r, start, e)
-
     def download(self, out: IO[bytes], cap: int) -> int:
         """The whole file into ``out`` in one plain GET, never more than ``cap`` bytes (nor more than the server
         announced). Returns the size."""
@@ -653,16 +681,17 @@ class HttpFile:
                 raise _too_big(self.name, length, cap)
             limit = cap if length is None else length
             got = 0
+            mv = memoryview(bytearray(DOWNLOAD_CHUNK))  # one reused buffer (a bytes object per read is 2x slower)
             while True:
-                chunk = self._read_body(r, min(DOWNLOAD_CHUNK, limit - got + 1), length)
-                if not chunk:
+                k = self._readinto_body(r, mv[: min(len(mv), limit - got + 1)], length)
+                if not k:
                     break
-                got += len(chunk)
+                got += k
                 if got > limit:
                     if length is None:
                         raise _too_big(self.name, got, cap)
                     raise self._error(f"the server sent more than the {length} bytes it announced")
-                out.write(chunk)
+                out.write(mv[:k])
             if length is not None and got != length:
                 raise self._error(f"the server sent {got} of the {length} bytes it announced")
             self.size = got
@@ -678,38 +707,15 @@ class HttpFile:
         pool.clear()
 
 
-class _Stream:
-    def __init__(self, f: HttpFile, r: _Response | None, pos: int, end: int):
-        self.f, self.r, self.pos, self.end = f, r, pos, end
+class _Run:
+    """Bytes [start, end) of the file fetched in one request (tensor bytes), kept for the reads inside it."""
 
-    def readinto(self, view: memoryview) -> None:
-        assert self.r is not None
-        n = len(view)
-        got = 0
-        while got < n:
-            try:
-                k = self.r.resp.readinto(view[got:])
-            except TimeoutError:
-                self.close()
-                raise self.f._error(f"the server stopped sending within {self.f.timeout:g} s (--timeout)") from None
-            except (OSError, http.client.HTTPException) as e:
-                self.close()
-                raise self.f._error(f"the download broke off ({_why(e)})") from None
-            if not k:
-                self.close()
-                raise self.f._error(f"the server's answer ended at byte {self.pos + got}")
-            got += k
-        STATS.add(nbytes=n)
-        self.pos += n
+    def __init__(self, data: bytes, start: int):
+        self.data, self.start, self.end = data, start, start + len(data)
 
-    def skip(self, n: int) -> None:
-        if n > 0:
-            self.readinto(memoryview(bytearray(n)))
-
-    def close(self) -> None:
-        if self.r is not None:
-            self.r.close()  # its own connection
-            self.r = None
+    def copy(self, offset: int, view: memoryview) -> None:
+        i = offset - self.start
+        view[:] = self.data[i : i + len(view)]
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -793,9 +799,6 @@ class FsspecFile:
         STATS.add(requests=n, nbytes=sum(len(d) for d in datas))
         return list(zip([s for s, _ in spans], datas, strict=True))
 
-    def stream(self, start: int, end: int) -> None:
-        return None
-
     def download(self, out: IO[bytes], cap: int) -> int:
         """The whole file into ``out``: one ranged read per :data:`STREAM_WINDOW`, never more than ``cap``."""
         size = int(self._call(self.fs.info, self.path)["size"])
@@ -822,14 +825,18 @@ class RemoteSource:
         self.remote = remote
         self.name = name or remote.name
         self._lock = threading.RLock()
-        self._stream: Any = None
+        self._runs: list[_Run]  # tensor bytes read in runs, the latest last (shared with reopened sources)
+        self._held: list[int]
+        self._window: list[int]
         self._starts: list[int]
         self._data: list[bytes]
         if shared is not None:  # the same URL opened again in this command: its size and bytes are known
             self._size, self._starts, self._data = shared._size, shared._starts, shared._data
             self._cached = shared._cached
+            self._runs, self._held, self._window = shared._runs, shared._held, shared._window
         else:
             self._starts, self._data, self._cached = [], [], 0
+            self._runs, self._held, self._window = [], [0], [STREAM_FIRST]
             size, head = remote.open(HEAD_BLOCK)
             self._size = size
             if head:
@@ -915,18 +922,19 @@ class RemoteSource:
         with self._lock:
             if self._copy(offset, view):
                 return
-            st = self._stream
-            if (
-                st is not None
-                and st.r is not None
-                and st.pos <= offset <= st.pos + STREAM_SKIP
-                and offset + n <= st.end
-            ):
-                st.skip(offset - st.pos)  # the open stream is (nearly) here: read on
-                st.readinto(view)
+            while n:  # what the kept runs hold
+                run = self._run_at(offset)
+                if run is None:
+                    break
+                k = min(n, run.end - offset)
+                run.copy(offset, view[:k])
+                offset, view, n = offset + k, view[k:], n - k
+            if not n:
                 return
-            if n >= STREAM_MIN:
-                self._streamed(offset, view)
+            last = self._runs[-1] if self._runs else None
+            follows = last is not None and last.start <= offset <= last.end + STREAM_SKIP
+            if n >= STREAM_MIN or follows:
+                self._run(offset, view, follows)
                 return
             self._fill(self._blocks(offset, offset + n))
             if not self._copy(offset, view):  # the cache is full: read it straight
@@ -941,23 +949,40 @@ class RemoteSource:
         for s, d in pieces:
             self._insert(s, d)
 
-    def _streamed(self, offset: int, view: memoryview) -> None:
-        st = self._stream
-        if st is None or st.pos != offset or st.end < offset + len(view):
-            if st is not None:
-                st.close()
-            end = min(self._size, offset + max(len(view), STREAM_WINDOW))
-            st = self._stream = self.remote.stream(offset, end)
-        if st is None or st.r is None:  # fsspec, or a server that answered short: plain ranges
-            self._stream = None
-            pos = offset
-            for s, d in self.remote.fetch(offset, offset + len(view)):
-                k = min(len(d), offset + len(view) - s)
+    def _run_at(self, offset: int) -> _Run | None:
+        for run in reversed(self._runs):
+            if run.start <= offset < run.end:
+                return run
+        return None
+
+    def _run(self, offset: int, view: memoryview, follows: bool) -> None:
+        """Read ``view`` at ``offset`` with one request over [offset, offset + window) and keep that run: the
+        reads that follow are served from it. A run that follows the last one doubles the window (up to
+        :data:`STREAM_WINDOW`); a jump starts again at :data:`STREAM_FIRST`. Runs are kept up to
+        :data:`RUN_MEMORY` bytes (the oldest go first), so reads that jump back a little cost nothing."""
+        n = len(view)
+        self._window[0] = min(self._window[0] * 2, STREAM_WINDOW) if follows else STREAM_FIRST
+        if n > STREAM_WINDOW:  # one big read: straight into the caller's buffer, nothing kept
+            for s, d in self.remote.fetch(offset, offset + n):
+                k = min(len(d), offset + n - s)
                 view[s - offset : s - offset + k] = d[:k]
-                pos = s + k
-            del pos
             return
-        st.readinto(view)
+        end = min(self._size, offset + max(n, self._window[0]))
+        later = [r.start for r in self._runs if offset < r.start < end]
+        if later and min(later) >= offset + n:  # never fetch again what a kept run holds
+            end = min(later)
+        pieces = self.remote.fetch(offset, end)
+        for s, d in pieces:
+            self._runs.append(_Run(d, s))
+            self._held[0] += len(d)
+        while self._held[0] > RUN_MEMORY and len(self._runs) > 1:
+            self._held[0] -= len(self._runs.pop(0).data)
+        pos = offset
+        for s, d in pieces:
+            k = min(len(d) - (pos - s), offset + n - pos)
+            if k > 0:
+                view[pos - offset : pos - offset + k] = d[pos - s : pos - s + k]
+                pos += k
 
     def read(self, offset: int, n: int) -> bytes:
         buf = bytearray(n)
@@ -991,10 +1016,6 @@ class RemoteSource:
         return io.BufferedReader(_RawRemote(self), buffer_size=8 << 10)
 
     def close(self) -> None:
-        with self._lock:
-            if self._stream is not None:
-                self._stream.close()
-                self._stream = None
         self.remote.close()
 
     def __enter__(self) -> RemoteSource:
@@ -1085,12 +1106,15 @@ class _RawRemote(io.RawIOBase):
 # ---------------------------------------------------------------------------------------------------
 # hf://
 # ---------------------------------------------------------------------------------------------------
+# what transformers' from_pretrained looks for, in its order: safetensors first (the single file, then the
+# index), then the pickles (modeling_utils: SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, ...)
 HF_CANDIDATES = (
-    "model.safetensors.index.json",
     "model.safetensors",
-    "pytorch_model.bin.index.json",
+    "model.safetensors.index.json",
     "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
 )
+HF_TREE_PAGES = 100  # pages of a tree listing followed (the Hub sends 1000 entries a page)
 
 
 @dataclass(frozen=True)
@@ -1173,12 +1197,81 @@ def _hf_file(p: HfPath) -> HttpFile:
     return f
 
 
+def hf_tree(p: HfPath, sub: str = "") -> list[dict[str, Any]] | None:
+    """The entries of a repo folder from the Hub's tree API (``/api/{models|datasets|spaces}/REPO/tree/REV[/SUB]``,
+    what huggingface_hub's ``list_repo_tree`` and ``HfFileSystem.ls`` call; pages followed by their ``Link``
+    header), or None when the endpoint has no such API (a plain mirror of ``/resolve/`` URLs). A repo or
+    revision the Hub does not know is one error."""
+    import json
+
+    kind = p.kind or "models"
+    api = f"{hf_endpoint().rstrip('/')}/api/{kind}/{p.repo}/tree/{quote(p.revision, safe='')}"
+    if sub.strip("/"):
+        api += "/" + quote(sub.strip("/"))
+    tok = hf_token()
+    where = str(HfPath(p.kind, p.repo, p.revision, sub.strip("/")))
+    out: list[dict[str, Any]] = []
+    url: str | None = api
+    for _page in range(HF_TREE_PAGES):
+        if url is None:
+            return out
+        f = HttpFile(url, headers={"Authorization": f"Bearer {tok}"} if tok else {}, name=where)
+        f.auth_hint = (
+            "log in with `hf auth login` or set HF_TOKEN" if not tok else "the token has no access to this repo"
+        )
+        try:
+            r = f._get(None)
+            body = f._read_capped(r, 16 << 20)
+            link = r.headers.get("Link", "")
+            f._finish(r)
+        except UnreadableError as e:
+            code = f.error_code or ""
+            if code == "RepositoryNotFound":
+                raise UnreadableError(
+                    "no such repo on the Hub, or it is private or gated",
+                    path=where,
+                    hint="check the name; for a private repo log in with `hf auth login` or set HF_TOKEN",
+                ) from None
+            if code == "RevisionNotFound":
+                raise UnreadableError(f"the repo has no revision {p.revision!r}", path=where) from None
+            if code == "EntryNotFound":
+                raise UnreadableError("no such folder in the repo", path=where) from None
+            if "HTTP 404" in e.message and not out:
+                return None
+            raise
+        finally:
+            f.close()
+        try:
+            items = json.loads(body)
+        except ValueError:
+            return out or None
+        if not isinstance(items, list):
+            return out or None
+        out += [it for it in items if isinstance(it, dict)]
+        m = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', link)
+        url = urljoin(url, m.group(1)) if m else None
+    raise UnreadableError(f"the repo lists more than {HF_TREE_PAGES} pages of files", path=where)
+
+
 def resolve_hf(url: str) -> HfPath:
-    """A file in a repo; ``hf://REPO`` picks its index or single weight file (the first of :data:`HF_CANDIDATES`
-    that exists: each miss costs one request, the hit's first request is the file's own first read)."""
+    """A file in a repo; ``hf://REPO`` picks its weight file or index: the repo's root is listed (one request to
+    the tree API) and the first of :data:`HF_CANDIDATES` it holds wins. Without a tree API (a plain mirror),
+    each candidate is tried in turn (each miss costs one request; the hit's first request is the file's own
+    first read)."""
     p = parse_hf(url)
     if p.path:
         return p
+    listed = hf_tree(p)
+    if listed is not None:
+        names = {it.get("path") for it in listed if it.get("type") == "file"}
+        for cand in HF_CANDIDATES:
+            if cand in names:
+                return HfPath(p.kind, p.repo, p.revision, cand)
+        raise UnreadableError(
+            f"the repo holds none of {', '.join(HF_CANDIDATES)} at its root ({len(names)} files there); "
+            f"name the file: {p}/FILE",
+            path=str(p),
+        )
     for cand in HF_CANDIDATES:
         q = HfPath(p.kind, p.repo, p.revision, cand)
         try:

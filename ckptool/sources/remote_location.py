@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -110,33 +109,12 @@ class RemoteLocation:
         return found
 
     def _hf_tree(self) -> list[str] | None:
-        p = self._hfp
-        kind = p.kind or "models"
-        sub = p.path.strip("/")
-        api = f"{remote.hf_endpoint().rstrip('/')}/api/{kind}/{p.repo}/tree/{quote(p.revision, safe='')}"
-        if sub:
-            api += "/" + quote(sub)
-        tok = remote.hf_token()
-        f = remote.HttpFile(api, headers={"Authorization": f"Bearer {tok}"} if tok else {}, name=self.name)
-        try:
-            r = f._get(None)
-            body = f._read_capped(r, 16 << 20)
-            f._finish(r)
-        except UnreadableError as e:
-            if "HTTP 404" in e.message:
-                return None
-            raise
-        finally:
-            f.close()
-        try:
-            items = json.loads(body)
-        except ValueError:
-            return None
-        if not isinstance(items, list):
+        listed = remote.hf_tree(self._hfp, self._hfp.path)
+        if listed is None:
             return None
         out = []
-        for it in items:
-            if isinstance(it, dict) and it.get("type") == "file" and isinstance(it.get("path"), str):
+        for it in listed:
+            if it.get("type") == "file" and isinstance(it.get("path"), str):
                 name = it["path"].rsplit("/", 1)[-1]
                 if not name.startswith("."):
                     out.append(name)

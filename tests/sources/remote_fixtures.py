@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from sources.remote_servers import NGINX, Hostile, Nginx
+from sources.remote_servers import NGINX, Hostile, Hub, Nginx
 
 
 def small_vgg_like() -> OrderedDict[str, torch.Tensor]:
@@ -95,6 +95,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if e.key == "location":
             e.value = "../model.safetensors"
     onnx.save_model(m, str(root / "onnx" / "escape.onnx"))
+    for repo, files in (("binonly", {"pytorch_model.bin": "model.pth"}), ("nothing", {"README.md": None})):
+        d = root / "hub" / "org" / repo / "main"
+        d.mkdir(parents=True)
+        for name, src in files.items():
+            if src is None:
+                (d / name).write_text("no weights here\n")
+            else:
+                os.link(root / src, d / name)
     (root / "private").mkdir()
     os.link(root / "model.safetensors", root / "private" / "model.safetensors")
     return root
@@ -126,3 +134,11 @@ def hostile(served: Path) -> Iterator[Hostile]:
     yield h
     h.stop()
     other.stop()
+
+
+@pytest.fixture(scope="session")
+def hub(served: Path) -> Iterator[Hub]:
+    """The Hub's listing API and /resolve/ URLs over ``served/hub`` on 127.0.0.1 (point HF_ENDPOINT at it)."""
+    h = Hub(served / "hub")
+    yield h
+    h.stop()

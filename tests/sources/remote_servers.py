@@ -270,3 +270,112 @@ class Hostile:
         self.stop_event.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+class Hub:
+    """The Hub's API as huggingface_hub calls it, over ``root/{org}/{name}/{revision}/...`` (the ``hub/`` folder
+    the nginx fixture serves): ``/api/models/{repo}/revision/{rev}`` (``repo_info``), ``/api/models/{repo}/tree/
+    {rev}[/{path}]`` (``list_repo_tree``, paged by a ``Link: <...>; rel="next"`` header, :attr:`page` entries a
+    page) and ``/{repo}/resolve/{rev}/{path}`` with single ``Range`` requests. An unknown repo or revision is a
+    404 with the Hub's ``X-Error-Code``. Every request is logged as a :class:`Hit`."""
+
+    def __init__(self, root: Path, page: int = 1000):
+        self.root, self.page = root, page
+        self.log: list[Hit] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                from urllib.parse import parse_qs, unquote, urlsplit
+
+                parts = urlsplit(self.path)
+                path, query = unquote(parts.path), parse_qs(parts.query)
+                status, body, headers = outer.answer(path, query, self.headers.get("Range"))
+                # logged before the answer goes out: once the client has it, the test sees the hit
+                outer.log.append(Hit("GET", self.path, self.headers.get("Range") or "-", status, len(body)))
+                self.send_response(status)
+                for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def mark(self) -> int:
+        return len(self.log)
+
+    def hits(self, since: int = 0) -> list[Hit]:
+        return self.log[since:]
+
+    def _repo(self, repo: str, rev: str) -> tuple[Path | None, str | None]:
+        base = self.root / repo
+        if not base.is_dir() or repo.count("/") != 1:
+            return None, "RepositoryNotFound"
+        if not (base / rev).is_dir():
+            return None, "RevisionNotFound"
+        return base / rev, None
+
+    def answer(self, path: str, query: dict[str, list[str]], rng: str | None) -> tuple[int, bytes, dict[str, str]]:
+        import json
+
+        def missing(code: str) -> tuple[int, bytes, dict[str, str]]:
+            return 404, json.dumps({"error": code}).encode(), {"X-Error-Code": code, "Content-Type": "application/json"}
+
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(revision|tree)/([^/]+)(/.*)?", path)
+        if m:
+            repo, what, rev, sub = m.group(1), m.group(2), m.group(3), (m.group(4) or "").strip("/")
+            folder, err = self._repo(repo, rev)
+            if folder is None:
+                return missing(err or "RepositoryNotFound")
+            files = sorted(p for p in folder.rglob("*") if p.is_file())
+            if what == "revision":
+                info = {
+                    "id": repo,
+                    "sha": "0" * 40,
+                    "siblings": [{"rfilename": str(p.relative_to(folder))} for p in files],
+                }
+                return 200, json.dumps(info).encode(), {"Content-Type": "application/json"}
+            where = folder / sub
+            if not where.is_dir():
+                return missing("EntryNotFound")
+            entries = [
+                {"type": "directory" if p.is_dir() else "file", "oid": "0" * 40, "path": str(p.relative_to(folder)),
+                 **({"size": p.stat().st_size} if p.is_file() else {})}
+                for p in sorted(where.iterdir())
+            ]  # fmt: skip
+            start = int(query.get("cursor", ["0"])[0])
+            page = entries[start : start + self.page]
+            headers = {"Content-Type": "application/json"}
+            if start + self.page < len(entries):
+                headers["Link"] = f'<{self.url}{path}?cursor={start + self.page}>; rel="next"'
+            return 200, json.dumps(page).encode(), headers
+        m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        if m:
+            folder, err = self._repo(m.group(1), m.group(2))
+            if folder is None:
+                return missing(err or "RepositoryNotFound")
+            f = folder / m.group(3)
+            if not f.is_file():
+                return missing("EntryNotFound")
+            data = f.read_bytes()
+            r = re.match(r"bytes=(\d+)-(\d*)", rng or "")
+            if r is None:
+                return 200, data, {}
+            # several ranges: the first one only (a 206 without multipart; the client fetches the others)
+            s, e = int(r.group(1)), min(int(r.group(2)) + 1 if r.group(2) else len(data), len(data))
+            return 206, data[s:e], {"Content-Range": f"bytes {s}-{e - 1}/{len(data)}"}
+        return missing("EntryNotFound")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

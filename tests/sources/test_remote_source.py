@@ -1,4 +1,4 @@
-"""RemoteSource's extent cache, prefetch merging, streaming and reopening, over an in-process fake remote
+"""RemoteSource's extent cache, prefetch merging, runs of tensor bytes and reopening, over an in-process fake remote
 (the HTTP side is tested against nginx and the hostile server)."""
 
 from __future__ import annotations
@@ -33,9 +33,6 @@ class Fake:
     def fetch_many(self, spans: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
         self.calls.append(list(spans))
         return [(s, self.data[s:e]) for s, e in spans]
-
-    def stream(self, start: int, end: int) -> None:
-        return None  # ranged reads instead
 
     def close(self) -> None:
         pass
@@ -72,14 +69,43 @@ def test_prefetch_is_one_round_trip_and_merges_near_ranges(data: bytes) -> None:
     assert len(f.calls) == n
 
 
-def test_large_reads_bypass_the_cache(data: bytes) -> None:
+def test_value_reads_go_in_runs_that_grow_and_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(remote, "STREAM_FIRST", 1 << 20)
+    monkeypatch.setattr(remote, "STREAM_WINDOW", 4 << 20)
+    monkeypatch.setattr(remote, "RUN_MEMORY", 8 << 20)
+    data = os.urandom(24 << 20)
     f = Fake(data)
     src = RemoteSource(f)
-    view = memoryview(bytearray(1 << 20))
-    src.read_into(1 << 20, view)
-    assert bytes(view) == data[1 << 20 : 2 << 20]
+    chunk = memoryview(bytearray(256 << 10))
+    pos = 1 << 20
+    for _ in range(40):  # 10 MB read in file order, 256 KB at a time (a storage's chunks)
+        src.read_into(pos, chunk)
+        assert bytes(chunk) == data[pos : pos + len(chunk)]
+        pos += len(chunk) + 100  # a zip local header between storages: skipped, not a new run
+    runs = f.calls[1:]
+    assert [e - s for ((s, e),) in runs] == [1 << 20, 2 << 20, 4 << 20, 4 << 20]  # doubling, then capped
+    assert src._cached == HEAD_BLOCK  # tensor bytes never enter the header cache
+    assert src._held[0] <= 8 << 20  # the kept runs stay bounded (the oldest dropped)
+    n = len(f.calls)
+    back = memoryview(bytearray(100 << 10))
+    src.read_into(pos - (1 << 20), back)  # a jump back into a kept run: no request
+    assert bytes(back) == data[pos - (1 << 20) : pos - (1 << 20) + len(back)] and len(f.calls) == n
+    src.read_into(20 << 20, back)  # a jump elsewhere: a new run at the first window
+    assert f.calls[-1] == [(20 << 20, 21 << 20)]
+    small = src.read((20 << 20) + (300 << 10), 10)  # a small read inside it: served from it
+    assert small == data[(20 << 20) + (300 << 10) : (20 << 20) + (300 << 10) + 10] and len(f.calls) == n + 1
+
+
+def test_a_run_stops_where_a_kept_run_starts(data: bytes) -> None:
+    f = Fake(data)
+    src = RemoteSource(f)
+    view = memoryview(bytearray(64 << 10))
+    src.read_into(2 << 20, view)
+    src.read_into(1 << 20, view)  # before the first run: this run ends where that one starts
     assert f.calls[-1] == [(1 << 20, 2 << 20)]
-    assert src._cached == HEAD_BLOCK  # streamed bytes are not kept
+    big = memoryview(bytearray(1 << 20))
+    src.read_into((1 << 20) + (512 << 10), big)  # across both: no request
+    assert bytes(big) == data[(1 << 20) + (512 << 10) : (2 << 20) + (512 << 10)] and len(f.calls) == 3
 
 
 def test_buffer_slices_like_a_map(data: bytes) -> None:
