@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import IO, Any, Protocol
 
-from .local import CHUNK, LocalFile, open_source
-from .location import LocalLocation, Location, check_relative, open_location, register_scheme
+from .local import CHUNK, LocalFile
+from .location import LocalLocation, Location, check_relative, open_location, open_source, register_scheme
 from .memory import MemorySource
 
 __all__ = [

@@ -125,13 +125,3 @@ class LocalFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def open_source(path: str | os.PathLike[str], *, allow_empty: bool = True) -> Any:
-    """A local file (or a URL: :mod:`ckptool.sources.remote`) as a Source; every failure is a
-    :class:`~ckptool.errors.CkptError` naming it."""
-    from .remote import is_url, open_url
-
-    if is_url(path):
-        return open_url(str(path), allow_empty=allow_empty)
-    return LocalFile(path, allow_empty=allow_empty)

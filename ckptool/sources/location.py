@@ -17,13 +17,24 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..errors import UnreadableError, UnsafeFileError
-from .local import open_source
+from .local import LocalFile
 
 if TYPE_CHECKING:
     from . import Source
+
+
+def open_source(path: str | os.PathLike[str], *, allow_empty: bool = True) -> Any:
+    """A local file (or a URL: :mod:`ckptool.sources.remote`) as a Source; every failure is a
+    :class:`~ckptool.errors.CkptError` naming it. (Here, not in :mod:`.local`: the remote sources build on
+    :class:`~.local.LocalFile` for ``--download``, so the local file may not import them.)"""
+    from .remote import is_url, open_url
+
+    if is_url(path):
+        return open_url(str(path), allow_empty=allow_empty)
+    return LocalFile(path, allow_empty=allow_empty)
 
 
 @runtime_checkable
