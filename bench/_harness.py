@@ -12,18 +12,23 @@ import statistics
 import subprocess
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 _WRAPPER = r"""
 import json, resource, subprocess, sys, time
+limit = float(sys.argv[1]) or None
 t = time.perf_counter()
-r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+try:
+    r = subprocess.run(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=limit)
+    rc, err = r.returncode, r.stderr.decode()[-400:]
+except subprocess.TimeoutExpired:
+    rc, err = "timeout", f"killed after {limit} s"
 dt = time.perf_counter() - t
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)  # ru_maxrss in KiB on Linux
 cpu = ru.ru_utime + ru.ru_stime
-print(json.dumps({"seconds": dt, "cpu": cpu, "rss_kib": ru.ru_maxrss, "rc": r.returncode, "err": r.stderr.decode()[-400:]}))
+print(json.dumps({"seconds": dt, "cpu": cpu, "rss_kib": ru.ru_maxrss, "rc": rc, "err": err}))
 """
 
 
@@ -33,6 +38,7 @@ class Measure:
     seconds: list[float]
     cpu: list[float]
     rss_mib: float
+    exit_codes: tuple[int | str, ...] = ()  # each run's exit code ("timeout" when killed at the limit)
 
     @property
     def median(self) -> float:
@@ -43,39 +49,62 @@ class Measure:
         return statistics.median(self.cpu)
 
 
-def run_once(cmd: Sequence[str]) -> tuple[float, float, float]:
-    out = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True, check=True)
+def run_with_code(
+    cmd: Sequence[str], ok: Collection[int] = (0,), timeout: float | None = None
+) -> tuple[float, float, float, int | str]:
+    """One fresh run: (wall s, CPU s, peak RSS MiB, exit code). An exit code outside ``ok`` is a crash of the
+    benchmarked command and stops the bench; codes in ``ok`` are results (a scanner's "found something" exit 1).
+    With ``timeout``, a run killed at the limit reports the exit code "timeout" (a result, not a crash)."""
+    wrapped = [sys.executable, "-c", _WRAPPER, str(timeout or 0), *cmd]
+    out = subprocess.run(wrapped, capture_output=True, text=True, check=True)
     rec = json.loads(out.stdout.strip().splitlines()[-1])
-    if rec["rc"] != 0:
+    if rec["rc"] != "timeout" and rec["rc"] not in ok:
         raise SystemExit(f"benchmark command failed ({rec['rc']}): {' '.join(cmd)}\n{rec['err']}")
-    return rec["seconds"], rec["cpu"], rec["rss_kib"] / 1024
+    return rec["seconds"], rec["cpu"], rec["rss_kib"] / 1024, rec["rc"]
 
 
-def measure(label: str, cmd: Sequence[str], runs: int = 5, warmup: int = 1) -> Measure:
+def run_once(cmd: Sequence[str]) -> tuple[float, float, float]:
+    s, cpu, rss, _ = run_with_code(cmd)
+    return s, cpu, rss
+
+
+def measure(
+    label: str,
+    cmd: Sequence[str],
+    runs: int = 5,
+    warmup: int = 1,
+    ok: Collection[int] = (0,),
+    timeout: float | None = None,
+) -> Measure:
+    """Median-ready timings of ``cmd`` in fresh processes; ``ok`` are the exit codes that count as a result."""
     for _ in range(warmup):
-        run_once(cmd)
-    times, cpus, peak = [], [], 0.0
+        run_with_code(cmd, ok, timeout)
+    times, cpus, peak, codes = [], [], 0.0, []
     for _ in range(runs):
-        s, cpu, rss = run_once(cmd)
+        s, cpu, rss, rc = run_with_code(cmd, ok, timeout)
         times.append(s)
         cpus.append(cpu)
         peak = max(peak, rss)
-    return Measure(label, times, cpus, peak)
+        codes.append(rc)
+    return Measure(label, times, cpus, peak, tuple(codes))
 
 
-def report(title: str, rows: list[Measure], baseline: Measure) -> str:
-    """A Markdown table: median wall and CPU time, ratios to the baseline, peak RSS."""
+def report(title: str, rows: list[Measure], baseline: Measure, codes: bool = False) -> str:
+    """A Markdown table: median wall and CPU time, ratios to the baseline, peak RSS (and, with ``codes``, each
+    route's exit codes: a scanner's exit 1 is its verdict, recorded beside its time)."""
+    extra = " exit codes |" if codes else ""
     lines = [
         f"### {title}",
         "",
-        "| route | median wall s | wall ratio | median CPU s | CPU ratio | peak RSS MiB |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| route | median wall s | wall ratio | median CPU s | CPU ratio | peak RSS MiB |" + extra,
+        "|---|---:|---:|---:|---:|---:|" + ("---|" if codes else ""),
     ]
     for m in rows:
         ratio = m.median / baseline.median if baseline.median else float("nan")
         cratio = m.cpu_median / baseline.cpu_median if baseline.cpu_median else float("nan")
+        rc = f" {', '.join(sorted({str(c) for c in m.exit_codes}))} |" if codes else ""
         lines.append(
-            f"| {m.label} | {m.median:.3f} | {ratio:.2f}x | {m.cpu_median:.3f} | {cratio:.2f}x | {m.rss_mib:.0f} |"
+            f"| {m.label} | {m.median:.3f} | {ratio:.2f}x | {m.cpu_median:.3f} | {cratio:.2f}x | {m.rss_mib:.0f} |" + rc
         )
     return "\n".join(lines)
 

@@ -1,7 +1,7 @@
 """ckptool scan beside picklescan, modelscan, fickling and modelaudit, side by side in one run.
 
     pip install picklescan fickling modelscan modelaudit     # for the bench only (not a ckptool dependency)
-    python bench/bench_scanners.py [--runs 3] [--dir /tmp/ckptool-bench] [--tensors 100000]
+    python bench/bench_scanners.py [--runs 3] [--tensors 100000] [--scale-dir DIR] [--timeout S] [--timings-only]
 
 Detection and false positives, on ckptool's own corpus built here in a temp folder: the payload files of the
 hostile corpus (tests/hostile.py: every case that names a dangerous global) and the gadget pickles of the scan
@@ -10,9 +10,12 @@ access), against benign files (the committed fixtures, a training checkpoint, da
 A file counts as flagged when the scanner's CLI exits non-zero on it (what fails a CI step). Scanners that are
 not installed are left out of the table.
 
-Speed: each scanner's CLI on a torch.save file of ``--tensors`` small tensors (100,000 by default), in fresh
-processes (median wall and CPU time, ratios against ``ckptool scan``, peak RSS); also ``ckptool scan -j 2``
-on the whole corpus folder against ``-j 1``.
+Speed: each scanner's CLI on a torch.save file of ``--tensors`` small tensors (100,000 by default; the scale
+bench's ``n100000.pth`` in ``--scale-dir``, built by bench_scale.build_counts when absent), in fresh processes
+(median wall and CPU time, ratios against ``ckptool scan``, peak RSS, and each route's exit codes: a
+scanner's exit 1 means "found something" and is a result, not a failure of the run; a run past ``--timeout``
+is recorded as "timeout"); also ``ckptool scan -j 2`` on the whole corpus folder against ``-j 1``.
+``--timings-only`` runs the speed part alone.
 """
 
 from __future__ import annotations
@@ -92,64 +95,81 @@ def detection(root: Path) -> str:
     bad, good = corpus(root)
     tools = scanners()
 
-    def flagged(cmd: list[str], path: Path) -> bool:
+    def code(cmd: list[str], path: Path) -> int | str:
         try:
-            r = subprocess.run([*cmd, str(path)], capture_output=True, timeout=60)
+            return subprocess.run([*cmd, str(path)], capture_output=True, timeout=60).returncode
         except subprocess.TimeoutExpired:
-            return True
-        return r.returncode != 0
+            return "timeout"
+
+    def codes(rcs: list[int | str]) -> str:
+        return ", ".join(f"{c}: {rcs.count(c)}" for c in sorted(set(rcs), key=str))
 
     lines = [
         f"### Detection: {len(bad)} malicious files, {len(good)} benign files",
         "",
-        "| scanner | malicious flagged | missed | benign flagged (false positives) |",
-        "|---|---:|---|---:|",
+        "| scanner | malicious flagged | missed | benign flagged (false positives) | exit codes (malicious / benign) |",
+        "|---|---:|---|---:|---|",
     ]
     for name, cmd in tools.items():
         with ThreadPoolExecutor(2) as pool:
-            hits = list(pool.map(lambda f, c=cmd: flagged(c, f[1]), bad))
-            fps = list(pool.map(lambda f, c=cmd: flagged(c, f[1]), good))
-        missed = [n for (n, _), h in zip(bad, hits, strict=True) if not h]
-        fp_names = [n for (n, _), h in zip(good, fps, strict=True) if h]
+            hits = list(pool.map(lambda f, c=cmd: code(c, f[1]), bad))
+            fps = list(pool.map(lambda f, c=cmd: code(c, f[1]), good))
+        missed = [n for (n, _), h in zip(bad, hits, strict=True) if h == 0]
+        fp_names = [n for (n, _), h in zip(good, fps, strict=True) if h != 0]
         shown = ", ".join(missed[:8]) + (f", ... ({len(missed) - 8} more)" if len(missed) > 8 else "")
-        fp = f"{sum(fps)}/{len(good)}" + (f" ({', '.join(fp_names)})" if fp_names else "")
-        lines.append(f"| {name} | {sum(hits)}/{len(bad)} | {shown or '-'} | {fp} |")
+        fp = f"{len(fp_names)}/{len(good)}" + (f" ({', '.join(fp_names)})" if fp_names else "")
+        flagged = len(bad) - len(missed)
+        lines.append(f"| {name} | {flagged}/{len(bad)} | {shown or '-'} | {fp} | {codes(hits)} / {codes(fps)} |")
         print(lines[-1], flush=True)
     assert not os.listdir(root / "canary")  # nothing ran
     return "\n".join(lines)
 
 
-def many_tensors(path: Path, n: int) -> Path:
-    if not path.exists():
-        import torch
+def many_tensors(d: Path, n: int) -> Path:
+    """The scale bench's file (bench_scale.build_counts: N float32 tensors of 4 elements, torch.save)."""
+    from bench_scale import build_counts
 
-        torch.save({f"layers.{i}.weight": torch.full((4,), float(i)) for i in range(n)}, path)
-    return path
+    d.mkdir(parents=True, exist_ok=True)
+    return build_counts(d, n)[0]
+
+
+# A scanner's verdict is its exit code: 0 clean, 1 findings (ckptool, picklescan, modelscan, fickling and
+# modelaudit all exit 1 or another small code when they flag something). Those are results, recorded per
+# route; only a crash (a code not listed here) stops the bench.
+VERDICTS = (0, 1, 2, 3)
+
+
+def timings(d: Path, n: int, runs: int, timeout: float) -> str:
+    big = many_tensors(d, n)
+    size = os.path.getsize(big) / 1e6
+    rows = []
+    for name, cmd in scanners().items():
+        rows.append(measure(name, [*cmd, str(big)], runs, warmup=0, ok=VERDICTS, timeout=timeout))
+        print(rows[-1], flush=True)
+    title = f"{n:,} tensors in one torch.save file ({size:.0f} MB), per-run limit {timeout:.0f} s"
+    return report(title, rows, rows[0], codes=True)
 
 
 def main() -> None:
     def options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--tensors", type=int, default=100_000)
+        p.add_argument("--scale-dir", default="/tmp/ckptool-bench-scale", help="where the N-tensor file is built")
+        p.add_argument("--timeout", type=float, default=600.0, help="per-run limit (s) for each scanner")
+        p.add_argument("--timings-only", action="store_true", help="skip the detection corpus")
 
     a = bench_args(options)
-    d = Path(a.dir)
-    d.mkdir(parents=True, exist_ok=True)
     out = []
-    with tempfile.TemporaryDirectory() as t:
-        out.append(detection(Path(t)))
-        print(out[-1], flush=True)
-        folder = Path(t)
-        j1 = measure("ckptool scan -j 1 (corpus folder)", [*scanners()["ckptool scan"], str(folder)], a.runs)
-        j2 = measure("ckptool scan -j 2 (corpus folder)", [*scanners()["ckptool scan"], "-j", "2", str(folder)], a.runs)
-        out.append(report("ckptool scan on the corpus folder, --jobs", [j1, j2], j1))
-        print(out[-1], flush=True)
-    big = many_tensors(d / f"tensors_{a.tensors}.pth", a.tensors)
-    size = os.path.getsize(big) / 1e6
-    rows = []
-    for name, cmd in scanners().items():
-        rows.append(measure(f"{name}", [*cmd, str(big)], a.runs, warmup=0))
-        print(rows[-1], flush=True)
-    out.append(report(f"{a.tensors:,} tensors in one torch.save file ({size:.0f} MB)", rows, rows[0]))
+    if not a.timings_only:
+        with tempfile.TemporaryDirectory() as t:
+            out.append(detection(Path(t)))
+            print(out[-1], flush=True)
+            folder = Path(t)
+            ck = scanners()["ckptool scan"]
+            j1 = measure("ckptool scan -j 1 (corpus folder)", [*ck, str(folder)], a.runs, ok=VERDICTS)
+            j2 = measure("ckptool scan -j 2 (corpus folder)", [*ck, "-j", "2", str(folder)], a.runs, ok=VERDICTS)
+            out.append(report("ckptool scan on the corpus folder, --jobs", [j1, j2], j1, codes=True))
+            print(out[-1], flush=True)
+    out.append(timings(Path(a.scale_dir), a.tensors, a.runs, a.timeout))
     print("\n\n".join(out))
 
 
