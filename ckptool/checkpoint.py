@@ -179,7 +179,7 @@ class Checkpoint:
     """
 
     path: str
-    format: str  # torch-zip | torch-legacy | safetensors | onnx | torchscript
+    format: str  # torch-zip | torch-legacy | torch-tar | safetensors | onnx | torchscript
     tensors: list[TensorInfo]
     state_dict_key: str | None = None
     extras: dict[str, str] = field(default_factory=dict)

@@ -124,7 +124,7 @@ class ScanReport:
     """The answer of :func:`scan`: ``safe`` when there is no finding; the pickles, the globals they reference, and the findings. ``to_dict()`` is the ``--json`` output."""
 
     path: str
-    format: str  # torch-zip | torchscript | torch-legacy | pickle | safetensors | onnx
+    format: str  # torch-zip | torchscript | torch-legacy | torch-tar | pickle | safetensors | onnx
     pickles: list[PickleInfo] = field(default_factory=list)
     globals: list[GlobalRef] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)

@@ -180,3 +180,104 @@ def noise_image(path: Path, seed: int = 0, size: tuple[int, int] = (320, 240)) -
     w, h = size
     Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
     return path
+
+
+# torch's tar checkpoints (torch.save before 0.1.10), written by hand the way 0.1.x wrote them: members
+# sys_info, pickle, tensors, storages (torch/serialization.py ``_save`` of 0.1.x; read back by today's
+# ``_legacy_load`` -> ``legacy_load``). Keys are integers (0.1.x used ``tensor._cdata``); the object pickle's
+# persistent ids are ``str(key)``.
+TAR_SYS_INFO = {"protocol_version": 1000, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 8}}
+
+
+def tar_members(
+    obj: Any, *, protocol: int = 2, views: tuple[str, ...] = (), key_base: int = 94_000_000
+) -> dict[str, bytes]:
+    """The four members' bytes for ``obj`` (tensors anywhere in it). A tensor named in ``views`` (a key of a
+    top-level dict; contiguous) is saved on a storage VIEW of its root storage, as 0.1.x saved storage slices."""
+    import io
+    import pickle
+
+    tensors: dict[int, torch.Tensor] = {}
+    by_id: dict[int, int] = {}
+    view_of: dict[int, str] = {}
+    if isinstance(obj, dict):
+        view_of = {id(v): k for k, v in obj.items() if k in views}
+
+    class P(pickle.Pickler):
+        def persistent_id(self, o: Any) -> Any:
+            if isinstance(o, torch.Tensor):
+                if id(o) not in by_id:
+                    by_id[id(o)] = key_base + 16 * len(by_id)
+                    tensors[by_id[id(o)]] = o
+                return str(by_id[id(o)])
+            return None
+
+    buf = io.BytesIO()
+    P(buf, protocol=protocol).dump(obj)
+    members = {"sys_info": pickle.dumps(TAR_SYS_INFO, protocol=protocol), "pickle": buf.getvalue()}
+
+    storages: dict[int, tuple[torch.Tensor, int]] = {}  # root key -> (tensor sharing it, storage key)
+    root_of: dict[int, int] = {}
+    storage_views: list[tuple[int, int, int, int]] = []
+    for key, t in tensors.items():
+        ptr = t.untyped_storage().data_ptr()
+        root = next((k for k, (u, _) in storages.items() if u.untyped_storage().data_ptr() == ptr), None)
+        if root is None:
+            root = key + 1
+            storages[root] = (t, root)
+        if id(t) in view_of:
+            assert t.is_contiguous()
+            vkey = key + 2
+            storage_views.append((vkey, root, t.storage_offset(), t.numel()))
+            root_of[key] = vkey
+        else:
+            root_of[key] = root
+
+    def dump(o: Any) -> bytes:
+        return pickle.dumps(o, protocol=protocol)
+
+    tb = io.BytesIO()
+    tb.write(dump(len(tensors)))
+    for key, t in tensors.items():
+        tb.write(dump((key, root_of[key], getattr(torch, _TYPE_NAMES[t.dtype] + "Tensor"))))
+        is_view = root_of[key] != next(r for r, (u, _) in storages.items()
+                                       if u.untyped_storage().data_ptr() == t.untyped_storage().data_ptr())  # fmt: skip
+        offset = 0 if is_view else t.storage_offset()
+        tb.write(struct.pack("<i", t.dim()) + b"\0" * 4)
+        tb.write(struct.pack(f"<{t.dim()}q", *t.shape) + struct.pack(f"<{t.dim()}q", *t.stride()))
+        tb.write(struct.pack("<q", offset))
+    members["tensors"] = tb.getvalue()
+
+    sb = io.BytesIO()
+    sb.write(dump(len(storages)))
+    for key, (t, _) in storages.items():
+        st = t.untyped_storage()
+        sb.write(dump((key, "cpu", getattr(torch, _TYPE_NAMES[t.dtype] + "Storage"))))
+        raw = bytes(st)
+        sb.write(struct.pack("<q", len(raw) // t.element_size()) + raw)
+    sb.write(dump(storage_views))
+    members["storages"] = sb.getvalue()
+    return members
+
+
+_TYPE_NAMES = {
+    torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
+    torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
+    torch.bool: "Bool",
+}  # fmt: skip
+
+
+def write_tar(
+    path: Path, members: dict[str, bytes], order: tuple[str, ...] = ("sys_info", "pickle", "tensors", "storages")
+) -> Path:
+    """A tar checkpoint from member bytes (PAX format, as torch wrote it), members in ``order``."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in order:
+            info = tarfile.TarInfo(name)
+            info.size = len(members[name])
+            info.mtime = 1_490_000_000
+            tar.addfile(info, io.BytesIO(members[name]))
+    return path

@@ -371,6 +371,18 @@ def build_corpus(root: Path, canary_dir: Path, *, payloads_only: bool = False) -
     path.write_bytes(b"".join(pk) + pickle.dumps(Reduce(os.system, sh("legacy_extra_pickle")), protocol=2) + rest)
     add(Case("legacy_extra_pickle", path, kinds=("hidden-pickle", "dangerous-global"), dangerous=("posix.system",)))
 
+    # -- torch's tar format (before 0.1.10): torch.load tries it first and unpickles all three members ----
+    from factory import tar_members, write_tar
+
+    members = tar_members(sd)
+    evil = pickle.dumps(Reduce(os.system, sh("tar_pickle_member")), protocol=2)
+    path = write_tar(root / "tar_pickle_member.pth", {**members, "pickle": evil})
+    add(Case("tar_pickle_member", path, live="torch", kinds=("dangerous-global",), dangerous=("posix.system",)))
+    evil = pickle.dumps([Reduce(os.system, sh("tar_storage_views"))], protocol=2)  # after every storage's bytes
+    views = members["storages"][: -len(pickle.dumps([], protocol=2))] + evil
+    path = write_tar(root / "tar_storage_views.pth", {**members, "storages": views})
+    add(Case("tar_storage_views", path, live="torch", kinds=("dangerous-global",), dangerous=("posix.system",)))
+
     # -- a payload nested deep inside a training checkpoint ---------------------------------------
     train = {
         "epoch": 3,

@@ -47,7 +47,7 @@ ExcludeOpt = Annotated[
 ]
 AllOpt = Annotated[bool, typer.Option("--all", help="List every tensor, not just the ones that differ.")]
 
-TORCH_FORMATS = ("torch-zip", "torch-legacy", "torchscript")
+TORCH_FORMATS = ("torch-zip", "torch-legacy", "torch-tar", "torchscript")
 SHOW = 20  # names listed per section before "... and N more"
 
 

@@ -17,7 +17,7 @@ from types import ModuleType
 from ..checkpoint import Checkpoint
 from ..errors import CkptError, CorruptFileError, UnreadableError, UnsupportedFormatError
 from ..sources import Location, Source, open_location
-from . import _members, dcp, hf_index, onnx, safetensors, torch_legacy, torch_zip, unpickler
+from . import _members, dcp, hf_index, onnx, safetensors, torch_legacy, torch_tar, torch_zip, unpickler
 
 # The registry: format name -> its module (``NAME``, ``detect(head, size)``, ``read(source, key=)``,
 # optionally ``findings``, ``scan(ctx)``; a format of several files: ``read_location(loc, key=)`` and, for a
@@ -26,6 +26,7 @@ from . import _members, dcp, hf_index, onnx, safetensors, torch_legacy, torch_zi
 FORMATS: dict[str, ModuleType] = {
     torch_zip.NAME: torch_zip,
     torch_legacy.NAME: torch_legacy,
+    torch_tar.NAME: torch_tar,
     safetensors.NAME: safetensors,
     hf_index.NAME: hf_index,
     onnx.NAME: onnx,

@@ -8,14 +8,13 @@ followed by the raw bytes. Storage offsets are computed by walking the counts, n
 from __future__ import annotations
 
 import struct
-import tarfile
 from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
 from ..checkpoint import ByteSource, Checkpoint, StorageInfo
 from ..errors import CorruptFileError, UnsupportedFormatError
 from ..sources import Source, prefetch
-from . import unpickler
+from . import torch_tar, unpickler
 from ._torch_tree import build_checkpoint, inert_notes, storage_ref
 
 if TYPE_CHECKING:
@@ -36,36 +35,13 @@ def detect(head: bytes, size: int) -> bool:
     )
 
 
-TAR_MEMBERS = ("storages", "tensors", "pickle")  # the pre-0.1.10 tar format that torch still tries first
-
-
-def tar_view(src: Source) -> str | None:
-    """What torch.load's first attempt on a non-zip file finds: ``_legacy_load`` opens it with
-    ``tarfile.open(fileobj=f, mode="r:", format=PAX_FORMAT)`` before anything else, and only a ``TarError``
-    sends it on to the pickles. None when that attempt fails (torch goes on, as ckptool does); otherwise why
-    torch stops there."""
-    if src.size < tarfile.BLOCKSIZE:
-        return None  # tarfile cannot read a header: TarError
-    try:
-        with src.fileobj() as f, tarfile.open(fileobj=f, mode="r:", format=tarfile.PAX_FORMAT) as tar:
-            names = tar.getnames()
-    except tarfile.TarError:
-        return None
-    except Exception as e:  # anything else escapes torch.load too
-        return f"torch.load fails while reading its tar header ({type(e).__name__}: {e})"
-    if all(n in names for n in TAR_MEMBERS):
-        return "it is a torch tar-format file (torch.save before 0.1.10), which ckptool does not read"
-    return (
-        "its first 512 bytes are a valid tar header, so torch.load reads it as the old tar format and fails "
-        "(no 'storages' member): torch cannot load this file either"
-    )
-
-
 def read(src: Source, *, key: str | None = None) -> Checkpoint:
     path, mm = src.name, src.buffer()
-    tar = tar_view(src)
-    if tar is not None:
-        raise CorruptFileError(tar, path=path)
+    tar = torch_tar.view(src)  # torch's first attempt: the tar format
+    if tar.refusal is not None:
+        raise CorruptFileError(tar.refusal, path=path)
+    if tar.members:  # a tar checkpoint torch would read (whatever its first bytes also are)
+        return torch_tar.read_members(src, tar, key=key)
     where = f"{path}: legacy header"
     magic, pos = unpickler.load(mm, 0, where=where)
     if magic != MAGIC_NUMBER:
@@ -159,6 +135,10 @@ PICKLE_NAMES = ("magic number", "protocol version", "sys_info", "object", "stora
 
 
 def scan(ctx: ScanContext) -> None:
+    tar = torch_tar.view(ctx.src)
+    if tar.members:  # torch reads it as a tar checkpoint: those are the pickles it runs
+        torch_tar.scan_members(ctx, tar)
+        return
     ctx.set_format(NAME)
     mm, size, pos = ctx.mm, ctx.size, 0
     for i, label in enumerate(PICKLE_NAMES):
