@@ -457,9 +457,58 @@ def scan_folder(ctx: Any) -> None:
     try:
         choice = choose(loc)
     except UnsupportedFormatError:
-        return  # several unrelated weight files: each is scanned as a file
+        # no index and not one complete series: the series on disk (a shard missing, stale shards of another
+        # save) and, for each complete one, its rules; other weight files are scanned as files
+        found = list(disk_series_findings(loc))
+        if found:
+            ctx.set_format(NAME)
+        for kind, message, where in found:
+            ctx.find(kind, message, where)
+        return
     if not choice.series:
         return
     ctx.set_format(NAME)
     for kind, message, where in folder_findings(loc):
         ctx.find(kind, message, where)
+
+
+def disk_series_findings(loc: Location) -> Iterator[Finding]:
+    """The ``NAME-0000K-of-0000N.EXT`` series among a folder's weight files, when they are not one complete
+    series: every shard a series is missing (``index-missing-shard``), a shard number outside 1..N
+    (``index-invalid``), shards of the same name from series of different lengths (``index-mixed-series``:
+    left over from an earlier save; a loader that globs the folder mixes them), and the series rules of each
+    complete series (a tensor in two shards)."""
+    groups: dict[tuple[str, str], dict[int, list[tuple[int, str]]]] = {}
+    for name in loc.names():
+        m = SHARD_RE.match(name)
+        if m is None or not name.endswith(WEIGHT_SUFFIXES):
+            continue
+        key = (m.group("stem"), m.group("ext"))
+        groups.setdefault(key, {}).setdefault(int(m.group("n")), []).append((int(m.group("k")), name))
+    for (stem, ext), by_n in sorted(groups.items()):
+        if len(by_n) > 1:
+            lengths = ", ".join(f"{len(v)} of {n}" for n, v in sorted(by_n.items()))
+            yield (
+                "index-mixed-series",
+                f"{stem}-*-of-*{ext}: shards of {len(by_n)} different series ({lengths}): stale shards of an "
+                "earlier save? a loader that globs the folder mixes them",
+                None,
+            )
+        for n, members in sorted(by_n.items()):
+            have = {k for k, _ in members}
+            for k, name in sorted(members):
+                if not 1 <= k <= n:
+                    yield "index-invalid", f"{name}: shard number {k} is outside 1..{n}", name
+            missing = [k for k in range(1, n + 1) if k not in have]
+            for k in missing:
+                want = f"{stem}-{k:05d}-of-{n:05d}{ext}"  # SHARD_RE's five digits
+                yield "index-missing-shard", f"shard {want} of the {n}-shard series is not in the folder", want
+            if not missing and len(have) == n == len(members):
+                out = Sharded()
+                try:
+                    yield from _series_findings(loc, sorted(nm for _, nm in members), out, read_file=None, key=None)
+                except CkptError as e:
+                    yield "index-bad-shard", e.message, None
+                finally:
+                    for ck in out.shards.values():
+                        ck.close()
