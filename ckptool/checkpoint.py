@@ -262,29 +262,35 @@ class Checkpoint:
 
     def _storage_use(self) -> tuple[int, list[list[str]]]:
         """(:attr:`stored_bytes`, :meth:`shared_storages`), in one pass over the tensors. A storage is one
-        (file, offset, key); most are used by one tensor, so only a second user makes a group."""
-        size: dict[tuple[str, int, str], int] = {}  # storage -> bytes on disk (the last tensor's word, as ever)
-        first: dict[tuple[str, int, str], int] = {}  # storage -> index of its first tensor
-        shared: dict[tuple[str, int, str], list[str]] = {}
+        (file, offset, key); the dicts are built in C, and only when two tensors name one storage are the
+        groups made (most files share none)."""
         tensors = self.tensors
-        loose = 0
-        for i, t in enumerate(tensors):
-            st = t.storage
-            src = None if st is None else st.source
-            if src is None:
-                loose += t.nbytes
-                continue
-            k = (src.path, src.offset, st.key)  # type: ignore[union-attr]
-            size[k] = src.nbytes
+        try:
+            keys = [(t.storage.source.path, t.storage.source.offset, t.storage.key) for t in tensors]  # type: ignore[union-attr]
+            sizes = [t.storage.source.nbytes for t in tensors]  # type: ignore[union-attr]
+            loose = 0
+        except AttributeError:  # a tensor without a storage or bytes: counted by its own size
+            with_bytes = [t for t in tensors if t.storage is not None and t.storage.source is not None]
+            loose = sum([t.nbytes for t in tensors]) - sum([t.nbytes for t in with_bytes])
+            tensors = with_bytes
+            keys = [(t.storage.source.path, t.storage.source.offset, t.storage.key) for t in tensors]  # type: ignore[union-attr]
+            sizes = [t.storage.source.nbytes for t in tensors]  # type: ignore[union-attr]
+        size = dict(zip(keys, sizes, strict=True))  # bytes on disk per storage (the last tensor's word, as ever)
+        stored = loose + sum(size.values())
+        if len(size) == len(keys):
+            return stored, []
+        first: dict[tuple[str, int, str], int] = {}
+        groups: dict[tuple[str, int, str], list[str]] = {}
+        for i, k in enumerate(keys):
             j = first.setdefault(k, i)
             if j != i:
-                g = shared.get(k)
+                g = groups.get(k)
                 if g is None:
-                    shared[k] = [tensors[j].name, t.name]
+                    groups[k] = [tensors[j].name, tensors[i].name]
                 else:
-                    g.append(t.name)
-        groups = sorted(shared.items(), key=lambda kv: first[kv[0]])  # in the order of each storage's first tensor
-        return loose + sum(size.values()), [g for _k, g in groups]
+                    g.append(tensors[i].name)
+        ordered = sorted(groups.items(), key=lambda kv: first[kv[0]])  # in the order of each storage's first tensor
+        return stored, [g for _k, g in ordered]
 
     def shared_storages(self) -> list[list[str]]:
         """The tensors that share one storage (tied embeddings, views), one list per storage that more than one

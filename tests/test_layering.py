@@ -19,7 +19,7 @@ HEAVY = ("torch", "torchvision", "onnxruntime")
 # first-level unit -> rank; a module may import its own unit or a unit of lower or equal rank. ``formats`` builds
 # Checkpoints, so it sits above checkpoint.py, which imports no format.
 RANKS = {
-    "errors": 0, "dtypes": 0, "_extras": 0,
+    "errors": 0, "dtypes": 0, "_extras": 0, "_gc": 0,
     "sources": 1,
     "checkpoint": 2,
     "formats": 3, "arch": 3,
@@ -33,7 +33,7 @@ RANKS = {
     "cli": 11,
     "__init__": 12, "__main__": 12,
 }  # fmt: skip
-TORCH_FREE_UNITS = ("sources", "formats", "checkpoint", "arch", "layers", "compat", "diff", "scan")
+TORCH_FREE_UNITS = ("_gc", "sources", "formats", "checkpoint", "arch", "layers", "compat", "diff", "scan")
 
 
 def _modules() -> dict[str, Path]:

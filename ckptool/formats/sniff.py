@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterable
 from types import ModuleType
 
+from .._gc import paused_gc
 from ..checkpoint import Checkpoint
 from ..errors import CkptError, CorruptFileError, UnreadableError, UnsupportedFormatError
 from ..sources import Location, Source, open_location
@@ -108,7 +109,7 @@ def open_checkpoint(
     """
     loc = open_location(path)
     path = loc.name
-    with unpickler.allow_globals(*allow_globals):
+    with unpickler.allow_globals(*allow_globals), paused_gc():  # a million small acyclic objects at 100k tensors
         try:
             return _open(loc, key)
         except CkptError as e:
