@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .._gc import paused_gc
 from ..checkpoint import Checkpoint
 from ..errors import CkptError
 from ..formats import open_checkpoint
@@ -50,6 +51,11 @@ def inspect(
     """List every tensor: name, shape, dtype, elements, bytes (and the shard, for a sharded checkpoint). Never
     imports torch, never reads tensor data."""
     o = start(json_)
+    with paused_gc():  # reading, the rows and the JSON: many small objects, none in a cycle (ckptool._gc)
+        _inspect(o, paths, key, filter, plain, json_)
+
+
+def _inspect(o: Any, paths: list[str], key: str | None, filter: list[str] | None, plain: bool, json_: bool) -> None:
     if len(paths) == 1:  # one path: its object, or its error (exit 2) as every command reports one
         with open_checkpoint(paths[0], key=key) as ck:
             _one(o, ck, filter, plain, json_)
@@ -91,9 +97,9 @@ def _one(
         if emit:
             o.json(d)
         return d
-    if plain:
-        for t in ck.tensors:
-            o.raw(f"{t.name} torch.Size({list(t.shape)})")
+    if plain:  # one write: at 100k tensors a write per line costs more than building the lines
+        if ck.tensors:
+            o.raw("\n".join([f"{t.name} torch.Size({list(t.shape)})" for t in ck.tensors]))
         return {}
     headers = ["name", "shape", "dtype", "numel", "size"]
     rows = [[t.name, dims(t.shape), t.dtype, human_count(t.numel), human_bytes(t.nbytes)] for t in ck.tensors]
