@@ -4,7 +4,8 @@ without torch. Running a model needs an extra; :func:`require` turns a missing o
 
 Extras: ``torch`` (torch, onnx, onnxscript, onnxruntime, Pillow: ONNX export, parity, predict on a
 checkpoint, ``module:callable`` architectures), ``onnx`` (onnxruntime, Pillow: predict on an ONNX model) and
-``remote`` (fsspec, huggingface_hub: ``s3://``/``gs://`` URLs, the Hub login token).
+``remote`` (fsspec, huggingface_hub: ``gs://`` and other fsspec URLs, the Hub login token) and ``s3``
+(fsspec, s3fs: ``s3://`` URLs).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "torch": ("torch>=2.4", "onnx>=1.16", "onnxscript>=0.1", "onnxruntime>=1.18", "Pillow>=10"),
     "onnx": ("onnxruntime>=1.18", "Pillow>=10"),
     "remote": ("fsspec>=2023.1", "huggingface_hub>=0.23"),
+    "s3": ("fsspec>=2023.1", "s3fs>=2023.1"),
 }
 # import name -> the distribution pip installs it from
 _DIST = {"PIL": "Pillow", "onnx_ir": "onnxscript", "huggingface_hub": "huggingface_hub"}

@@ -718,6 +718,14 @@ class _Run:
         view[:] = self.data[i : i + len(view)]
 
 
+def _scrub(text: str) -> str:
+    """``text`` without the value of any credential in the environment (a library's message may quote one)."""
+    for k, v in os.environ.items():
+        if len(v) >= 6 and any(w in k.upper() for w in ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")):
+            text = text.replace(v, "***")
+    return text
+
+
 def _origin(url: str) -> tuple[str, str, int | None]:
     p = urlsplit(url)
     return (p.scheme, (p.hostname or "").lower(), p.port)
@@ -748,11 +756,11 @@ class FsspecFile:
     def __init__(self, url: str):
         from .._extras import require
 
-        require("fsspec", extra="remote", what=f"reading {redact(url)}")
+        scheme = _URL.match(url).group(1).lower()  # type: ignore[union-attr]
+        require("fsspec", extra="s3" if scheme in ("s3", "s3a") else "remote", what=f"reading {redact(url)}")
         import fsspec
 
         self.name = redact(url)
-        scheme = _URL.match(url).group(1).lower()  # type: ignore[union-attr]
         try:
             self.fs, self.path = fsspec.core.url_to_fs(url)
         except ImportError as e:
@@ -766,15 +774,18 @@ class FsspecFile:
             raise UsageError(f"fsspec does not know {scheme}:// ({e})", path=self.name) from None
         self.size = -1
 
-    def _call(self, fn: Callable[..., Any], *a: Any) -> Any:
+    def _call(self, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
         try:
-            return fn(*a)
+            return fn(*a, **kw)
         except FileNotFoundError:
             raise UnreadableError("not found", path=self.name) from None
         except PermissionError:
             raise UnreadableError("access denied", path=self.name) from None
         except Exception as e:
-            raise UnreadableError(f"cannot read ({type(e).__name__}: {str(e)[:200]})", path=self.name) from None
+            err = getattr(e, "response", None)
+            code = err.get("Error", {}).get("Code") if isinstance(err, dict) else None
+            why = f"{type(e).__name__}: {code}" if code else f"{type(e).__name__}: {_scrub(str(e))[:200]}"
+            raise UnreadableError(f"cannot read ({why})", path=self.name) from None
 
     def open(self, head: int) -> tuple[int, bytes]:
         info = self._call(self.fs.info, self.path)
@@ -782,12 +793,13 @@ class FsspecFile:
         if info.get("type") == "directory":
             raise UnreadableError("is a directory, not a checkpoint file", path=self.name)
         self.size = int(info["size"])
-        data = self._call(self.fs.cat_file, self.path, 0, min(head, self.size)) if self.size else b""
+        # keywords: s3fs's cat_file takes (path, version_id, start, end)
+        data = self._call(self.fs.cat_file, self.path, start=0, end=min(head, self.size)) if self.size else b""
         STATS.add(requests=1 if self.size else 0, nbytes=len(data))
         return self.size, data
 
     def fetch(self, start: int, end: int) -> list[tuple[int, bytes]]:
-        data = self._call(self.fs.cat_file, self.path, start, end)
+        data = self._call(self.fs.cat_file, self.path, start=start, end=end)
         STATS.add(requests=1, nbytes=len(data))
         if len(data) != end - start:
             raise CorruptFileError(f"got {len(data)} of the {end - start} bytes asked at {start}", path=self.name)

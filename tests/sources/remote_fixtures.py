@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from sources.remote_servers import NGINX, Hostile, Hub, Nginx
+from sources.remote_servers import NGINX, Hostile, Hub, MotoS3, Nginx
 
 
 def small_vgg_like() -> OrderedDict[str, torch.Tensor]:
@@ -142,3 +142,12 @@ def hub(served: Path) -> Iterator[Hub]:
     h = Hub(served / "hub")
     yield h
     h.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_s3(served: Path) -> Iterator[MotoS3]:
+    """moto's S3 server on 127.0.0.1 holding model.pth, legacy.pth, model.safetensors and evil.pth in bucket
+    ``weights`` (its credentials and endpoint in ``.env``; the tests set them)."""
+    s3 = MotoS3(served, ["model.pth", "legacy.pth", "model.safetensors", "evil.pth"])
+    yield s3
+    s3.stop()

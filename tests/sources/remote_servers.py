@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
@@ -379,3 +380,59 @@ class Hub:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class MotoS3:
+    """moto's S3 server (``ThreadedMotoServer``) on 127.0.0.1 with the files of ``root`` in bucket ``weights``;
+    :meth:`hits` are the requests its werkzeug log shows (method, path, status: S3 logs no byte counts)."""
+
+    ENV: ClassVar[dict[str, str]] = {"AWS_ACCESS_KEY_ID": "AKIATESTINGKEY000001", "AWS_SECRET_ACCESS_KEY": "testing-secret-never-shown",
+           "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+
+    def __init__(self, root: Path, names: list[str]):
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=True)
+        self.server.start()
+        self.lines: list[str] = []
+        outer = self
+
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                outer.lines.append(record.getMessage())
+
+        self.handler = Keep()
+        log = logging.getLogger("werkzeug")
+        log.addHandler(self.handler)
+        log.setLevel(logging.INFO)
+        self.env = {**self.ENV, "AWS_ENDPOINT_URL": self.url}
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
+                          aws_access_key_id=self.ENV["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=self.ENV["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+        s3.create_bucket(Bucket="weights")
+        for name in names:
+            s3.upload_file(str(root / name), "weights", name)
+
+    def mark(self) -> int:
+        return len(self.lines)
+
+    def hits(self, since: int = 0) -> list[Hit]:
+        time.sleep(0.2)  # werkzeug logs a request after its answer has gone
+        out = []
+        for line in self.lines[since:]:
+            m = re.search(r'"(?:\x1b\[[0-9;]*m)*([A-Z]+) (\S+) HTTP/[0-9.]+(?:\x1b\[[0-9;]*m)*" (\d+)', line)
+            if m:
+                out.append(Hit(m.group(1), m.group(2), "-", int(m.group(3)), -1))
+        return out
+
+    def stop(self) -> None:
+        import logging
+
+        logging.getLogger("werkzeug").removeHandler(self.handler)
+        self.server.stop()
