@@ -138,3 +138,14 @@ def test_a_signal_mid_download_removes_the_copy(hostile: Hostile, tmp_path: Path
     rc = p.wait(timeout=30)
     assert rc == (130 if sig == signal.SIGINT else 143), p.stderr.read() if p.stderr else ""
     assert _left(tmp) == []
+
+
+def test_download_on_a_terminal(tty, nginx: Nginx, served: Path) -> None:
+    """On a pseudo-terminal: the report for the URL, then the one fetched line (one request: the download)."""
+    from ckptool.sources.remote import human
+
+    res = tty("scan", "--download", f"{nginx.url}/model.safetensors")
+    assert res.returncode == 0, res
+    assert f"{nginx.url}/model.safetensors" in res.text
+    last = [ln for ln in res.text.splitlines() if ln.strip()][-1]
+    assert last == f"fetched {human((served / 'model.safetensors').stat().st_size)} in 1 request", res.text

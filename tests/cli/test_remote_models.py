@@ -5,6 +5,7 @@ for the local files, the checkpoint's values streamed through ranged reads, the 
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -107,3 +108,11 @@ def test_timeout_on_a_server_that_hangs(cli, hostile: Hostile, pair: dict[str, s
     assert time.monotonic() - t < 10
     assert r.exit_code == 2, r.output
     assert r.stderr.strip() == f"ckptool: error: {url}: no answer within 0.5 s (--timeout)", r.stderr
+
+
+def test_predict_over_a_url_on_a_terminal(tty, nginx: Nginx, pair: dict[str, str]) -> None:
+    res = tty("predict", f"{nginx.url}/tiny/tiny.onnx", pair["img"], "--labels", pair["labels"], "--top", "1")
+    assert res.returncode == 0, res
+    assert f"{nginx.url}/tiny/tiny.onnx" in res.text and "class " in res.text
+    last = [ln for ln in res.text.splitlines() if ln.strip()][-1]
+    assert re.fullmatch(r"fetched \d+(\.\d)? [KM]?B in \d+ requests?", last), res.text
