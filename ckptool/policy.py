@@ -11,6 +11,7 @@ one folder. ``--policy FILE`` names one; ``--no-policy`` ignores them. Keys (all
     fail-on = ["dangerous-global", ...]  # only these kinds fail the run; the others are warnings
     warn-on = ["nan", "inf"]             # or: these kinds are warnings; every other kind fails
     strict = true                        # the file-name hash suffix fails too (like --strict)
+    require-weights = true               # a scanned folder without any weight file fails (no-weight-files)
 
 Dangerous globals, unresolved globals, unsafe BUILDs and unknown opcodes always fail, whatever the policy says.
 A policy that cannot be read, an unknown key, format or kind, or a dangerous global to allow is an error (exit 2).
@@ -30,7 +31,7 @@ from .errors import UsageError
 from .scan import DEFAULT_WARN, NEVER_WARN
 
 FILES = (".ckptool.toml", "pyproject.toml")
-KEYS = ("allowed-formats", "allow-globals", "max-file-size", "fail-on", "warn-on", "strict")
+KEYS = ("allowed-formats", "allow-globals", "max-file-size", "fail-on", "warn-on", "strict", "require-weights")
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20}
 _UNITS.update({"gib": 2**30, "tib": 2**40, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12})
 
@@ -46,10 +47,11 @@ class Policy:
     fail_on: frozenset[str] | None = None
     warn_on: frozenset[str] = frozenset()
     strict: bool = False
+    require_weights: bool = False  # a folder with no weight file is an error, not a warning
 
     def severity(self, kind: str, *, strict: bool = False) -> str:
         """error or warning for a finding kind (``strict``: the --strict flag: everything fails)."""
-        if strict or kind in NEVER_WARN:
+        if strict or kind in NEVER_WARN or (kind == "no-weight-files" and self.require_weights):
             return "error"
         if self.fail_on is not None:
             return "error" if kind in self.fail_on else "warning"
@@ -65,6 +67,7 @@ class Policy:
             "fail-on": sorted(self.fail_on) if self.fail_on is not None else None,
             "warn-on": sorted(self.warn_on),
             "strict": self.strict,
+            "require-weights": self.require_weights,
         }
 
 
@@ -128,6 +131,9 @@ def from_table(table: dict[str, Any], where: str) -> Policy:
     strict = table.get("strict", False)
     if not isinstance(strict, bool):
         raise UsageError("strict must be true or false", path=where)
+    require = table.get("require-weights", False)
+    if not isinstance(require, bool):
+        raise UsageError("require-weights must be true or false", path=where)
     size = table.get("max-file-size")
     return Policy(
         path=where,
@@ -137,6 +143,7 @@ def from_table(table: dict[str, Any], where: str) -> Policy:
         fail_on=frozenset(fail_on) if fail_on is not None else None,
         warn_on=frozenset(warn_on),
         strict=strict,
+        require_weights=require,
     )
 
 

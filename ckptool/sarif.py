@@ -48,6 +48,7 @@ RULES: dict[str, tuple[str, str]] = {
     "format-not-allowed": ("The file's format is not one the policy allows", "5.0"),
     "file-too-large": ("The file is larger than the policy's max-file-size", "3.0"),
     "scan-error": ("The file could not be scanned", "5.0"),
+    "no-weight-files": ("A scanned folder holds no weight file ckptool recognises", "2.0"),
 }  # fmt: skip
 
 

@@ -86,7 +86,7 @@ class GlobalRef:
 
 # Finding kinds reported as warnings unless the user asks (--strict, or the policy's warn-on / strict):
 # a hash-like suffix in a file name may be a date or a short git SHA (torch.hub's rule cannot tell).
-DEFAULT_WARN = frozenset({"hash-mismatch"})
+DEFAULT_WARN = frozenset({"hash-mismatch", "no-weight-files"})
 # Kinds that always fail: a policy can never turn them into warnings.
 NEVER_WARN = frozenset({"dangerous-global", "unresolved-global", "unsafe-build", "unknown-opcode"})
 ERROR, WARNING = "error", "warning"

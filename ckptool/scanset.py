@@ -72,6 +72,7 @@ class Target:
     path: str
     explicit: bool  # named on the command line (an unrecognised file is an error, not a skip)
     folder: bool = False  # a folder offered to the folder-level hooks
+    empty: int | None = None  # a folder walked that holds no weight file: how many files it skipped
 
 
 @dataclass
@@ -181,7 +182,8 @@ def _walk(folder: str, targets: list[Target], skipped: list[Skipped]) -> None:
 
 def expand(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Target | ScanFailure], list[Skipped]]:
     """The targets (files and folders, in the order of the arguments, each once) interleaved with the arguments
-    that name nothing (a glob without a match, a folder with no weight file), and the skipped paths."""
+    that name nothing (a glob without a match), and the skipped paths. A folder with no weight file is a
+    target of its own (``empty``: it gets a ``no-weight-files`` report)."""
     items: list[Target | ScanFailure] = []
     skipped: list[Skipped] = []
     for raw in paths:
@@ -201,11 +203,8 @@ def expand(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Target | ScanF
         elif os.path.isdir(p):
             n = len(skipped)
             _walk(p, targets, skipped)
-            if not any(not t.folder for t in targets):
-                hint = f"{len(skipped) - n} files skipped" if len(skipped) > n else "it is empty"
-                msg = "is a directory that holds no weight file ckptool recognises"
-                items.append(_failure(p, UnreadableError(msg, path=p, hint=hint)))
-                continue
+            if not any(not t.folder for t in targets):  # a report of its own: a warning unless the policy requires
+                targets = [Target(p, explicit=False, folder=True, empty=len(skipped) - n)]
         else:
             targets.append(Target(p, explicit=True))
         items.extend(targets)
@@ -266,6 +265,19 @@ def _scan_folder(path: str, options: ScanOptions) -> list[ScanReport]:
     return out
 
 
+def _empty_report(path: str, skipped: int, options: ScanOptions) -> ScanReport:
+    """A folder walked without finding any weight file: nothing was scanned, which a CI step should see. A
+    warning by default (a repository without weights is normal; the skipped list says what each file was),
+    a failing finding under ``require-weights = true`` in the policy, or --strict."""
+    r = ScanReport(path=path, format="folder")
+    what = (
+        f"all {skipped} of its files were skipped (see the skipped list for each reason)" if skipped else "it is empty"
+    )
+    msg = f"holds no weight file ckptool recognises: {what}; nothing in it was scanned"
+    r.findings.append(Finding("no-weight-files", msg, None, options.severity("no-weight-files")))
+    return r
+
+
 def _failure(path: str, e: CkptError) -> ScanFailure:
     return ScanFailure(path, e.render(), type(e).__name__, e.message, e.hint)
 
@@ -287,6 +299,8 @@ def scan_one(target: Target, options: ScanOptions) -> list[ScanReport | ScanFail
     policy = options.policy
     try:
         with allow_globals(*options.allow_globals, *policy.allow_globals):
+            if target.folder and target.empty is not None:
+                return [_empty_report(target.path, target.empty, options)]
             if target.folder:
                 return list(_scan_folder(target.path, options))
             if policy.max_file_size is not None:
