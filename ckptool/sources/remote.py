@@ -923,7 +923,9 @@ class RemoteSource:
         return out
 
     # -- Source ---------------------------------------------------------------------------------------------
-    def read_into(self, offset: int, view: memoryview) -> None:
+    def read_into(self, offset: int, view: memoryview, *, exact: bool = False) -> None:
+        """Fill ``view`` (tensor bytes: a miss starts or continues a run); ``exact``: a header read (see
+        :meth:`_run`)."""
         n = len(view)
         if offset < 0 or offset + n > self._size:
             raise CorruptFileError(
@@ -945,8 +947,8 @@ class RemoteSource:
                 return
             last = self._runs[-1] if self._runs else None
             follows = last is not None and last.start <= offset <= last.end + STREAM_SKIP
-            if n >= STREAM_MIN or follows:
-                self._run(offset, view, follows)
+            if n >= STREAM_MIN or (follows and not exact):
+                self._run(offset, view, follows and not exact, exact)
                 return
             self._fill(self._blocks(offset, offset + n))
             if not self._copy(offset, view):  # the cache is full: read it straight
@@ -967,19 +969,24 @@ class RemoteSource:
                 return run
         return None
 
-    def _run(self, offset: int, view: memoryview, follows: bool) -> None:
+    def _run(self, offset: int, view: memoryview, follows: bool, exact: bool = False) -> None:
         """Read ``view`` at ``offset`` with one request over [offset, offset + window) and keep that run: the
         reads that follow are served from it. A run that follows the last one doubles the window (up to
-        :data:`STREAM_WINDOW`); a jump starts again at :data:`STREAM_FIRST`. Runs are kept up to
+        :data:`STREAM_WINDOW`); a jump starts again at :data:`STREAM_FIRST`; ``exact`` (a header read through
+        :meth:`read`) reads what it asks in whole blocks, so a large pickle costs no more. Runs are kept up to
         :data:`RUN_MEMORY` bytes (the oldest go first), so reads that jump back a little cost nothing."""
         n = len(view)
-        self._window[0] = min(self._window[0] * 2, STREAM_WINDOW) if follows else STREAM_FIRST
+        if exact:  # a header read (read(), buffer slices): what was asked, in whole blocks, no more
+            window = -(-n // BLOCK) * BLOCK
+        else:
+            self._window[0] = max(min(self._window[0] * 2, STREAM_WINDOW), n) if follows else STREAM_FIRST
+            window = self._window[0]
         if n > STREAM_WINDOW:  # one big read: straight into the caller's buffer, nothing kept
             for s, d in self.remote.fetch(offset, offset + n):
                 k = min(len(d), offset + n - s)
                 view[s - offset : s - offset + k] = d[:k]
             return
-        end = min(self._size, offset + max(n, self._window[0]))
+        end = min(self._size, offset + max(n, window))
         later = [r.start for r in self._runs if offset < r.start < end]
         if later and min(later) >= offset + n:  # never fetch again what a kept run holds
             end = min(later)
@@ -998,7 +1005,7 @@ class RemoteSource:
 
     def read(self, offset: int, n: int) -> bytes:
         buf = bytearray(n)
-        self.read_into(offset, memoryview(buf))
+        self.read_into(offset, memoryview(buf), exact=True)  # the formats' header reads (a pickle, a directory)
         return bytes(buf)
 
     def view(self, offset: int, n: int, *, writable: bool = False) -> memoryview | None:
@@ -1110,7 +1117,7 @@ class _RawRemote(io.RawIOBase):
         mv = memoryview(b).cast("B")
         n = max(0, min(len(mv), self.src.size - self.pos))
         if n:
-            self.src.read_into(self.pos, mv[:n])
+            self.src.read_into(self.pos, mv[:n], exact=True)  # a pickle walked in place: a header read
             self.pos += n
         return n
 

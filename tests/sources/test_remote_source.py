@@ -96,6 +96,21 @@ def test_value_reads_go_in_runs_that_grow_and_are_bounded(monkeypatch: pytest.Mo
     assert small == data[(20 << 20) + (300 << 10) : (20 << 20) + (300 << 10) + 10] and len(f.calls) == n + 1
 
 
+def test_a_large_header_read_costs_what_it_asks(data: bytes) -> None:
+    """read() and the buffer's reader (a pickle, a zip directory) read what they ask in whole blocks, never a
+    2 MB run: a 100 KB data.pkl outside the first 64 KB costs 128 KB."""
+    f = Fake(data)
+    src = RemoteSource(f)
+    assert src.read(1 << 20, 100 << 10) == data[1 << 20 : (1 << 20) + (100 << 10)]
+    assert f.calls[-1] == [(1 << 20, (1 << 20) + (128 << 10))]
+    r = src.buffer().reader(2 << 20)
+    assert r.read(40 << 10) == data[2 << 20 : (2 << 20) + (40 << 10)]
+    assert f.calls[-1] == [(2 << 20, (2 << 20) + (64 << 10))]
+    chunk = memoryview(bytearray(40 << 10))
+    src.read_into(1 << 21 | 1 << 19, chunk)  # tensor bytes just past it: a run (4 MB: it follows on), to the end
+    assert f.calls[-1] == [((1 << 21) + (1 << 19), len(data))]
+
+
 def test_a_run_stops_where_a_kept_run_starts(data: bytes) -> None:
     f = Fake(data)
     src = RemoteSource(f)
