@@ -196,6 +196,11 @@ class Checkpoint:
     files: dict[str, str] = field(default_factory=dict)
     _sources: dict[str, Source] = field(default_factory=dict)
     _index: tuple[int, int, dict[str, TensorInfo]] | None = None
+    # CRC-32 bookkeeping of zip records: (path, offset) -> name. A record is checked when it streams whole; a
+    # ranged read (a slice, a view, a record longer than its storage) leaves it unchecked until
+    # :meth:`verify_crcs` streams it whole (export does before it reports bit-exact).
+    _crc_ok: set[tuple[str, int]] = field(default_factory=set)
+    _crc_unchecked: dict[tuple[str, int], ByteSource] = field(default_factory=dict)
 
     # -- summaries ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -391,8 +396,15 @@ class Checkpoint:
         src = self.source(where.path)
         if where.crc32 is not None and not self.verify_crc:
             where = replace(where, crc32=None)
+        rec, whole = (where.path, where.offset), False
+        if where.crc32 is not None:  # is this read the whole record, through a decoder that checks the CRC?
+            whole = start == 0 and stop >= where.nbytes and _checks_crc(where.decoder)
+            if not whole and rec not in self._crc_ok:
+                self._crc_unchecked.setdefault(rec, where)
         if where.decoder is not None:
             yield from where.decoder.chunks(src, where, start, stop, buf)
+            if where.crc32 is not None and whole:
+                self._crc_checked(rec)
             return
         if where.offset + stop > src.size:
             raise CorruptFileError(
@@ -417,6 +429,59 @@ class Checkpoint:
                 "the record was modified or damaged",
                 path=where.path,
             )
+        if crc is not None:
+            self._crc_checked(rec)
+
+    def _crc_checked(self, rec: tuple[str, int]) -> None:
+        self._crc_ok.add(rec)
+        self._crc_unchecked.pop(rec, None)
+
+    @property
+    def crc_unchecked(self) -> list[str]:
+        """The zip records read so far only in part (a slice, a view, a remote range), whose CRC-32 was not
+        checked: what a value read returned from them is not known to be what the archive was written with."""
+        return [w.member or f"{w.path}@{w.offset}" for w in self._crc_unchecked.values()]
+
+    def crc_unverified(self, tensors: list[TensorInfo]) -> list[str]:
+        """The zip records behind ``tensors`` whose CRC-32 no read has checked yet (read in part, copied without
+        a check, or not read at all)."""
+        out: dict[tuple[str, int], str] = {}
+        for t in tensors:
+            w = t.storage.source if t.storage is not None else None
+            if w is not None and w.crc32 is not None and (w.path, w.offset) not in self._crc_ok:
+                out.setdefault((w.path, w.offset), w.member or f"{w.path}@{w.offset}")
+        return list(out.values())
+
+    def verify_crcs(self) -> list[str]:
+        """Stream every record read only in part once, whole, and check its CRC-32 (CorruptFileError naming the
+        record on a mismatch). Returns the records it checked. Export calls it before it reports bit-exact."""
+        done = []
+        for rec, where in list(self._crc_unchecked.items()):
+            src = self.source(where.path)
+            dec = where.decoder
+            while dec is not None and not _checks_crc(dec):
+                dec = getattr(dec, "inner", None)  # a view decoder (neg / conj bits) over the stored record
+            whole = replace(where, decoder=dec)
+            buf = bytearray(min(CHUNK, max(where.nbytes, 1)))
+            if dec is not None:
+                for _ in dec.chunks(src, whole, 0, whole.nbytes, buf):
+                    pass
+            else:
+                run, pos, mv = 0, 0, memoryview(buf)
+                while pos < whole.nbytes:
+                    k = min(len(buf), whole.nbytes - pos)
+                    src.read_into(whole.offset + pos, mv[:k])
+                    run = zlib.crc32(mv[:k], run)
+                    pos += k
+                if run != whole.crc32:
+                    raise CorruptFileError(
+                        f"record {whole.member or rec!r}: CRC-32 is {run:08x} but the zip directory says "
+                        f"{whole.crc32:08x}: the record was modified or damaged",
+                        path=whole.path,
+                    )
+            self._crc_checked(rec)
+            done.append(whole.member or f"{whole.path}@{whole.offset}")
+        return done
 
     def storage_bytes(self, storage: StorageInfo, start: int = 0, stop: int | None = None) -> bytes:
         """Bytes [start, stop) of a storage (byte offsets relative to the storage), as stored."""
@@ -512,3 +577,10 @@ def _swapped(chunk: bytes | memoryview, size: int) -> bytes:
     import numpy as np
 
     return np.frombuffer(chunk, dtype=np.uint8).reshape(-1, size)[:, ::-1].tobytes()
+
+
+def _checks_crc(decoder: Decoder | None) -> bool:
+    """Does a read through ``decoder`` check the record's CRC-32 when it streams the whole record? The raw path
+    does (``storage_chunks``); a decoder says so with ``checks_crc = True`` (zip inflation); view decoders that
+    read the stored bytes themselves (neg / conj bits) do not."""
+    return decoder is None or bool(getattr(decoder, "checks_crc", False))

@@ -119,9 +119,21 @@ def export(
             file_bytes = writer.write(ck, plan, fh.fileno(), buf, tick)
         except OSError as e:
             raise CkptError(f"cannot write ({e.strerror or e})", path=os.fspath(out_path)) from None
+        crc_notes = []
         if verify:
             with background_fsync(fh.fileno()):
                 writer.verify(ck, plan, fh.name, buf, tick, out_path)
+            # a record read only in part (a view, a slice) had its CRC-32 skipped: stream it whole now, before
+            # anything is called bit-exact (a damaged record raises, naming it, and nothing is published)
+            checked = ck.verify_crcs()
+            if checked:
+                crc_notes.append(f"checked the CRC-32 of {len(checked)} zip records read only in part")
+        elif unchecked := ck.crc_unverified([t for _, t in pairs]):
+            crc_notes.append(
+                f"the CRC-32 of {len(unchecked)} zip records was not checked (--no-verify copies bytes as they are): "
+                + ", ".join(unchecked[:3])
+                + (" ..." if len(unchecked) > 3 else "")
+            )
     return ExportResult(
         out=str(out_path),
         format=writer.format,
@@ -137,7 +149,7 @@ def export(
         shared=shared_groups(pairs),
         metadata=plan.metadata,
         seconds=time.perf_counter() - t0,
-        notes=skipped_notes(ck, names),
+        notes=skipped_notes(ck, names) + crc_notes,
     )
 
 

@@ -71,6 +71,7 @@ class Inflate:
 
     member: str
     comp_size: int
+    checks_crc = True  # a whole-record read checks the CRC-32 (ckptool.checkpoint's CRC bookkeeping asks)
 
     def chunks(
         self, source: Source, where: ByteSource, start: int, stop: int, buf: bytearray
