@@ -157,8 +157,13 @@ class TensorInfo:
         return (lo, hi + 1)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "numel": self.numel}
-        d["nbytes"] = self.nbytes
+        d = {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "numel": self.numel,
+            "nbytes": self.nbytes,
+        }
         if self.constant:
             d["constant"] = True
         if self.quantization:

@@ -498,18 +498,17 @@ def _small_float_stats(ck: Checkpoint, buf: bytearray) -> tuple[dict[int, tuple[
     if ck.byteorder == "big":
         return {}, list(range(len(ck.tensors))), 0
     sizes: dict[str, int] = {}
-    cand: list[tuple[str, str, int, int, int]] = []  # (file, dtype, absolute offset, nbytes, index)
+    groups: dict[tuple[str, str], list[tuple[int, int, int]]] = {}  # (file, dtype) -> (offset, nbytes, index)
     crc_ok = not ck.verify_crc
     for i, t in enumerate(ck.tensors):
-        code = _TOGETHER.get(t.dtype)
         nb = t.nbytes
         st = t.storage
         src = None if st is None else st.source
         if (
-            code is None
-            or src is None
+            src is None
             or nb == 0
             or nb > _TOGETHER_MAX
+            or t.dtype not in _TOGETHER
             or src.decoder is not None
             or (src.crc32 is not None and not crc_ok)
             or (t.stride is not None and not t.is_contiguous)
@@ -518,51 +517,59 @@ def _small_float_stats(ck: Checkpoint, buf: bytearray) -> tuple[dict[int, tuple[
             rest.append(i)
             continue
         start = t.storage_offset * t.itemsize
-        size = sizes.get(src.path)
+        path = src.path
+        size = sizes.get(path)
         if size is None:
-            size = sizes[src.path] = ck.source(src.path).size
+            size = sizes[path] = ck.source(path).size
         if start < 0 or start + nb > src.nbytes or src.offset + start + nb > size:
             rest.append(i)  # tensor_stats names what is wrong
             continue
-        cand.append((src.path, t.dtype, src.offset + start, nb, i))
-    if not cand:
+        key = (path, t.dtype)
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = []
+        g.append((src.offset + start, nb, i))
+    if not groups:
         return {}, rest, 0
     import numpy as np
 
-    cand.sort()
     counts: dict[int, tuple[int, int]] = {}
     mv = memoryview(buf)
-    k, n, n_apart = 0, len(cand), 0
-    while k < n:
-        path, dtype, ws, _nb, _i = cand[k]
+    together = 0
+    for (path, dtype), g in groups.items():
         item = _TOGETHER[dtype]
         isz = int(item[2])
-        we = ws
-        j = k
-        while j < n:
-            p, d, off, nb, _ = cand[j]
-            if p != path or d != dtype or off + nb - ws > len(buf) or (off - ws) % isz:
-                break
-            we = max(we, off + nb)
-            j += 1
-        try:
-            ck.source(path).read_into(ws, mv[: we - ws])
-        except CkptError:  # the file changed under us: each tensor on its own, to name the one that fails
-            rest.extend(c[4] for c in cand[k:j])
-            n_apart += j - k
+        cols = np.array(g, dtype=np.int64)
+        cols = cols[np.argsort(cols[:, 0], kind="stable")]
+        starts, idx = cols[:, 0], cols[:, 2]
+        ends = starts + cols[:, 1]
+        reach = np.maximum.accumulate(ends)  # the furthest byte of the tensors so far: non-decreasing
+        k, m = 0, len(starts)
+        while k < m:  # one window: the tensors from k whose bytes end within len(buf) of its start, aligned
+            ws = int(starts[k])
+            j = max(int(np.searchsorted(reach, ws + len(buf), side="right")), k + 1)
+            off = (starts[k:j] - ws) % isz
+            if off.any():
+                j = k + int(np.argmax(off != 0))
+            we = int(reach[j - 1])
+            try:
+                ck.source(path).read_into(ws, mv[: we - ws])
+            except CkptError:  # the file changed under us: each tensor on its own, to name the one that fails
+                rest.extend(int(i) for i in idx[k:j])
+                k = j
+                continue
+            a = np.frombuffer(buf, dtype=item, count=(we - ws) // isz)
+            if dtype == "bfloat16":
+                a = (a.astype(np.uint32) << 16).view(np.float32)
+            if not np.isfinite(a).all():  # somewhere in the window: count tensor by tensor
+                for s0, e0, i in zip(starts[k:j].tolist(), ends[k:j].tolist(), idx[k:j].tolist(), strict=True):
+                    seg = a[(s0 - ws) // isz : (e0 - ws) // isz]
+                    nan, inf = int(np.count_nonzero(np.isnan(seg))), int(np.count_nonzero(np.isinf(seg)))
+                    if nan or inf:
+                        counts[i] = (nan, inf)
+            together += j - k
             k = j
-            continue
-        a = np.frombuffer(buf, dtype=item, count=(we - ws) // isz)
-        if dtype == "bfloat16":
-            a = (a.astype(np.uint32) << 16).view(np.float32)
-        if not np.isfinite(a).all():  # somewhere in the window: count tensor by tensor
-            for _p, _d, off, nb, i in cand[k:j]:
-                seg = a[(off - ws) // isz : (off - ws + nb) // isz]
-                nan, inf = int(np.count_nonzero(np.isnan(seg))), int(np.count_nonzero(np.isinf(seg)))
-                if nan or inf:
-                    counts[i] = (nan, inf)
-        k = j
-    return counts, rest, n - n_apart
+    return counts, rest, together
 
 
 def tensor_stats(ck: Checkpoint, t: TensorInfo, buf: bytearray | None = None) -> tuple[int, int, int, int | None]:

@@ -127,3 +127,26 @@ def test_torch_zip_findings_equal_one_by_one(tmp_path: Path) -> None:
     want, checked = one_by_one(path)
     assert values(report) == want and report.tensors_checked == checked == 301
     assert [w for _k, _m, w in want] == ["layer.5.weight", "layer.250.weight", "view"]
+
+
+def test_tensors_off_their_alignment_and_past_one_window(tmp_path: Path) -> None:
+    from cli.clihelp import write_safetensors as by_hand  # offsets as they fall: no alignment padding
+
+    rng = np.random.default_rng(2)
+    tensors: dict[str, np.ndarray] = {}
+    for i in range(3000):  # float16 scalars shift the float32 tensors off 4-byte alignment, by turns
+        if i % 3 == 0:
+            tensors[f"h{i}"] = np.ones(1, np.float16)
+        a = rng.standard_normal(int(rng.integers(1, 200))).astype(np.float32)  # ~1.2 MB in all: several windows
+        if i % 97 == 0:
+            a[-1] = np.nan
+        if i % 89 == 0:
+            a[0] = np.inf
+        tensors[f"f{i}"] = a
+    path = by_hand(tmp_path / "odd.safetensors", tensors)
+    with open_checkpoint(path) as ck:
+        starts = {ck[f"f{i}"].storage.source.offset % 4 for i in range(3000)}  # type: ignore[union-attr]
+    assert len(starts) > 1  # really misaligned
+    report = scan(path)
+    want, checked = one_by_one(path)
+    assert values(report) == want and len(want) > 40 and report.tensors_checked == checked == 4000
