@@ -102,7 +102,17 @@ def _one(
             o.raw("\n".join([f"{t.name} torch.Size({list(t.shape)})" for t in ck.tensors]))
         return {}
     headers = ["name", "shape", "dtype", "numel", "size"]
-    rows = [[t.name, dims(t.shape), t.dtype, human_count(t.numel), human_bytes(t.nbytes)] for t in ck.tensors]
+    sizes: dict[int, str] = {}  # human_bytes by byte count: an MoE model repeats a few sizes 100k times
+    rows = [
+        [
+            t.name,
+            str(list(t.shape)),
+            t.dtype,
+            f"{t.numel:,}",
+            sizes.get(t.nbytes) or sizes.setdefault(t.nbytes, human_bytes(t.nbytes)),
+        ]
+        for t in ck.tensors
+    ]  # str(list(shape)) is dims(shape) for a shape of ints, in C
     if ck.files:  # a sharded checkpoint: which file holds each tensor
         headers.append("shard")
         for row, t in zip(rows, ck.tensors, strict=True):
@@ -123,7 +133,7 @@ def _one(
     else:
         summary.append(("state_dict", ck.state_dict_key if ck.state_dict_key is not None else "(root)"))
     logical = ck.total_bytes
-    stored = ck.stored_bytes
+    stored, shared = ck._storage_use()  # stored_bytes and shared_storages() in one pass
     size = f"{human_count(logical)} ({human_bytes(logical)})"
     declared = index.get("total_size") if isinstance(index, dict) else None
     if isinstance(declared, int) and not filter:
@@ -135,7 +145,7 @@ def _one(
     ]
     if stored != logical:
         summary.append(("on disk", f"{human_count(stored)} ({human_bytes(stored)}) of tensor storage"))
-    for group in ck.shared_storages():
+    for group in shared:
         summary.append(("shared", f"{', '.join(group)}: one storage"))
     summary.append(("dtypes", ", ".join(f"{k} ({v})" for k, v in sorted(ck.dtype_counts.items())) or "none"))
     locs = ck.metadata.get("storage_locations")
