@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
-from ..checkpoint import ByteSource, Checkpoint, Decoder, StorageInfo, TensorInfo
+from ..checkpoint import ByteSource, Checkpoint, Decoder, StorageInfo, TensorInfo, contiguous_stride
 from ..errors import CorruptFileError, KeyNotFoundError
-from .unpickler import Global, Opaque, PickledDict, SparseRecord, StorageRef, TensorRecord
+from .unpickler import DTypeOrStorage, Global, Opaque, PickledDict, SparseRecord, StorageRef, TensorRecord
 
 if TYPE_CHECKING:
     from ..sources import Source
@@ -356,10 +356,10 @@ def to_tensor_info(
         raise CorruptFileError(f"tensor {name!r} refers to storage {key!r}, which the file does not contain", path=path)
     if rec.neg or rec.conj:
         st = _view_bits(name, rec, st, path, byteorder)
+    shape, stride = rec.shape, rec.stride
     t = TensorInfo(
-        name=name, dtype=rec.dtype, shape=rec.shape, storage=st, storage_offset=offset,
-        stride=None if rec.stride == TensorInfo(name, rec.dtype, rec.shape).contiguous_stride else rec.stride,
-        is_parameter=rec.is_parameter, requires_grad=rec.requires_grad, quantization=_quantization(rec),
+        name, rec.dtype, shape, st, offset, None if stride == contiguous_stride(shape) else stride,
+        rec.is_parameter, rec.requires_grad, False, None if rec.quant is None else _quantization(rec),
     )  # fmt: skip
     lo, hi = t.span()
     if lo < 0 or hi * t.itemsize > st.nbytes:
@@ -379,8 +379,6 @@ def storage_ref(pid: Any, *, legacy: bool) -> StorageRef:
     if len(pid) != want:
         raise CorruptFileError(f"storage persistent id has {len(pid)} fields, expected {want}")
     cls, key, location, numel = pid[1], pid[2], pid[3], pid[4]
-    from .unpickler import DTypeOrStorage
-
     if not isinstance(cls, DTypeOrStorage) or (
         cls.name not in dtypes.BY_STORAGE and cls.name not in ("UntypedStorage", "TypedStorage")
     ):

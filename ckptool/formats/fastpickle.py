@@ -131,6 +131,12 @@ def _guard(data: Any, pos: int, n: int, tensors: bool = True) -> int | None:
                 return None
             marks.append(len(stack))
         elif op == 0x58:  # BINUNICODE
+            if tensors and marks:  # a state_dict's key, then (in torch's files) its tensor record: a run of them
+                at = _tensor_run(data, pos - 1, n, stack, marks, memo, max_memo)
+                if at >= pos:
+                    ops += at - pos + 1
+                    pos = at
+                    continue
             pos += 4 + _U4(data, pos)[0]
             if pos > n:
                 return None
@@ -381,7 +387,7 @@ def _tensor_record(m: re.Match[bytes], stack: list[int], marks: list[int], memo:
     n = len(memo)
     if len(marks) + 3 > MAX_MARK_DEPTH or len(stack) + _RECORD_STACK > MAX_STACK:
         return False
-    if len(f) == len(st) == len(cls) == len(loc) == len(g) == 2:  # BINGETs (what torch writes)
+    if len(f) + len(st) + len(cls) + len(loc) + len(g) == 10:  # five BINGETs (what torch writes)
         if max(f[1], st[1], cls[1], loc[1], g[1]) >= n:
             return False
         cs, cc, cl = memo[st[1]], memo[cls[1]], memo[loc[1]]
@@ -389,7 +395,13 @@ def _tensor_record(m: re.Match[bytes], stack: list[int], marks: list[int], memo:
         if max(_index(f), _index(st), _index(cls), _index(loc), _index(g)) >= n:
             return False
         cs, cc, cl = memo[_index(st)], memo[_index(cls)], memo[_index(loc)]
-    p = 1 + _weight(cs) + _weight(cc) + _weight(cl)
+    p = 1  # the persistent id's weight: 1 + the GET'd entries' weights (_weight, inlined)
+    if cs > 0:
+        p += cs - UNK if cs >= UNK else cs
+    if cc > 0:
+        p += cc - UNK if cc >= UNK else cc
+    if cl > 0:
+        p += cl - UNK if cl >= UNK else cl
     w = 4 + p
     if w > MAX_TUPLE_WEIGHT:
         return False
@@ -411,6 +423,38 @@ def _tensor_record(m: re.Match[bytes], stack: list[int], marks: list[int], memo:
     memo.extend(codes)
     stack.append(UNK + w)
     return True
+
+
+def _tensor_run(data: Any, pos: int, n: int, stack: list[int], marks: list[int], memo: list[int], max_memo: int) -> int:
+    """From a BINUNICODE at ``pos``: take ``key PUT <tensor record>`` units in one step each while they come (a
+    state_dict's SETITEMS batch); the position after the last one taken (``pos``: none). The key is a string
+    (code 0) memoized by the PUT that follows it, checked as the walk checks BINUNICODE and PUT."""
+    while pos < n and data[pos] == 0x58:
+        q = pos + 5 + _U4(data, pos + 1)[0]
+        if q + 2 > n:
+            break
+        if data[q] == 0x72:  # LONG_BINPUT
+            if q + 5 > n:
+                break
+            i, r = _U4(data, q + 1)[0], q + 5
+        elif data[q] == 0x71:  # BINPUT
+            i, r = data[q + 1], q + 2
+        else:
+            break
+        k = len(memo)
+        if i != k or k >= max_memo:
+            break
+        m = _TENSOR(data, r, n)
+        if m is None:
+            break
+        stack.append(0)
+        memo.append(0)
+        if not _tensor_record(m, stack, marks, memo, max_memo):
+            stack.pop()
+            memo.pop()
+            break
+        pos = m.end()
+    return pos
 
 
 _COUNTED = {

@@ -61,6 +61,8 @@ def open_zip(src: Source) -> zr.Archive:
 def local_headers(src: Source, ar: zr.Archive) -> None:
     """Fetch every local header (and its data's first bytes), which the reader checks: one round trip when the
     source is remote (:func:`~ckptool.sources.prefetch`), nothing for a local file."""
+    if getattr(src, "prefetch", None) is None:  # a local file: nothing to fetch (and no list of 100k spans)
+        return
     prefetch(src, [(e.header_offset, zr.LDH_SIZE + len(e.raw) + 128) for e in ar.entries])
 
 
@@ -234,12 +236,14 @@ def read(src: Source, *, key: str | None = None) -> Checkpoint:
     _refuse_fatal(ar, path)
     prefix = ar.prefix
     assert prefix is not None  # (zip-outside is fatal)
-    records = [e.cname[len(prefix) + 1 :] for e in ar.entries]
+    plen = len(prefix) + 1
+    records = [e.cname[plen:] for e in ar.entries] if ar.has_nul else [e.raw[plen : zr.MAX_NAME] for e in ar.entries]
     pkl = _record(ar, "data.pkl")
     if pkl is None:
         hint = "a numpy .npz?" if any(r.endswith(b".npy") for r in records) else None
         raise UnsupportedFormatError("zip archive without a data.pkl: not a torch checkpoint", path=path, hint=hint)
     torchscript = b"constants.pkl" in records or any(r.startswith(b"code/") for r in records)
+    del records
     byteorder = "little"
     bo = _record(ar, "byteorder")
     if bo is not None:
@@ -280,19 +284,30 @@ def read(src: Source, *, key: str | None = None) -> Checkpoint:
     )
 
     storages: dict[str, StorageInfo] = {}
+    # per storage: the record located as ``get_record`` locates it, its size, and where its data starts (the
+    # local headers were read for every entry at once: ``offsets``); anything unusual goes through _check_member
+    base = prefix + b"/data/"
+    locate = ar.locate
+    ok, data_at = ar.table().ok.tolist(), ar.table().data.tolist()
+    itemsize: dict[str, int] = {}
     for k, ref in refs.items():
-        member = f"data/{k}"
-        e = _record(ar, member)
+        e = locate(base + k.encode())
         if e is None:
             raise CorruptFileError(
-                f"storage record {prefix.decode('utf-8', 'replace') + '/' + member!r} is missing from the archive",
+                f"storage record {prefix.decode('utf-8', 'replace') + '/data/' + k!r} is missing from the archive",
                 path=path,
             )
-        need = ref.numel * dtypes.lookup(ref.dtype).itemsize
-        if e.size < need:
+        size = itemsize.get(ref.dtype)
+        if size is None:
+            size = itemsize[ref.dtype] = dtypes.lookup(ref.dtype).itemsize
+        need = ref.numel * size
+        h = e.h  # central header fields, zip64 values applied: 3 flags, 4 method, 8 compressed size, 9 size
+        if h[9] < need:
             raise CorruptFileError(f"storage {e.name!r} declares {need} bytes but its record holds {e.size}", path=path)
-        off = _check_member(ar, e, path)
-        stored = e.method == 0
+        off = data_at[e.index]
+        if h[4] != 0 or h[3] & 0x61 or not ok[e.index] or off + h[8] > ar.size:
+            off = _check_member(ar, e, path)  # deflated, encrypted, no local header, past the end: the checks say
+        stored = h[4] == 0
         bs = ByteSource(
             path=path, offset=off, nbytes=e.size, member=e.name, compressed=not stored,
             decoder=None if stored else Inflate(e.name, e.comp_size), crc32=e.crc,
