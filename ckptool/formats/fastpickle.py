@@ -364,12 +364,15 @@ def _guard(data: Any, pos: int, n: int, tensors: bool = True) -> int | None:
 _G = rb"(h[\x00-\xff]|j[\x00-\xff]{4})"  # a GET (captured)
 _P = rb"(q[\x00-\xff]|r[\x00-\xff]{4})"  # a PUT (captured)
 _I = rb"(?:K[\x00-\xff]|M[\x00-\xff]{2}|J[\x00-\xff]{4})"  # BININT1 / BININT2 / BININT
-_T = rb"(?:\)|" + _I + rb"\x85|" + _I + rb"{2}\x86|" + _I + rb"{3}\x87|\(" + _I + rb"{4,32}t)"  # a tuple of ints
-_KEY = rb"X(?:" + b"|".join(bytes([k]) + rb"\x00\x00\x00[\x00-\xff]{%d}" % k for k in range(1, 13)) + rb")"
-_TENSOR = re.compile(
+_T = rb"(\)|" + _I + rb"\x85|" + _I + rb"{2}\x86|" + _I + rb"{3}\x87|\(" + _I + rb"{4,32}t)"  # a tuple of ints
+_KEY = rb"(X(?:" + b"|".join(bytes([k]) + rb"\x00\x00\x00[\x00-\xff]{%d}" % k for k in range(1, 13)) + rb"))"
+# groups: 1 f, 2 'storage', 3 storage class, 4 storage key, 5 its PUT, 6 location, 7 persistent id PUT, 8 size,
+# 9 its PUT, 10 stride, 11 its PUT, 12 OrderedDict, 13 hooks PUT, 14 arguments PUT, 15 tensor PUT
+TENSOR_RECORD = re.compile(
     _G + rb"\(\(" + _G + _G + _KEY + _P + _G + _I + rb"t" + _P + rb"Q" + _I + _T + _P + rb"?" + _T + _P + rb"?"
     + rb"[\x88\x89]" + _G + rb"\)R" + _P + rb"t" + _P + rb"R" + _P
-).match  # fmt: skip
+)  # fmt: skip
+_TENSOR = TENSOR_RECORD.match
 _RECORD_STACK = 64  # at most this many values above the record's start while it runs (3 + 2 x 32 ints)
 
 
@@ -383,7 +386,7 @@ _PUT_INDEXES = {k: struct.Struct("<" + "xI" * k).unpack for k in range(5, 8)}  #
 def _tensor_record(m: re.Match[bytes], stack: list[int], marks: list[int], memo: list[int], max_memo: int) -> bool:
     """Apply a matched tensor record's effect to the guard's state (see above). False (nothing changed): a check
     failed or is too close to a bound to take in one step, and the walk reads the record opcode by opcode."""
-    f, st, cls, kput, loc, pput, sput, tput, g, hput, aput, vput = m.groups()
+    f, st, cls, _, kput, loc, pput, _, sput, _, tput, g, hput, aput, vput = m.groups()
     n = len(memo)
     if len(marks) + 3 > MAX_MARK_DEPTH or len(stack) + _RECORD_STACK > MAX_STACK:
         return False
@@ -423,6 +426,17 @@ def _tensor_record(m: re.Match[bytes], stack: list[int], marks: list[int], memo:
     memo.extend(codes)
     stack.append(UNK + w)
     return True
+
+
+def tuple_opcodes(tok: bytes) -> int:
+    """How many opcodes a matched size / stride tuple (group 8 or 10 of a record) is."""
+    if tok == b")":
+        return 1
+    i, k = (1, 2) if tok[0] == 0x28 else (0, 1)  # MARK ... TUPLE, or ints then TUPLE1-3
+    while i < len(tok) - 1:
+        i += (2, 3, 5)[(0x4B, 0x4D, 0x4A).index(tok[i])]
+        k += 1
+    return k
 
 
 def _tensor_run(data: Any, pos: int, n: int, stack: list[int], marks: list[int], memo: list[int], max_memo: int) -> int:
@@ -528,3 +542,5 @@ def _fast_path(buf: Any, pos: int = 0, **kw: Any) -> tuple[Any, int] | None:
 
 
 unpickler.FAST_PATH = _fast_path
+unpickler.TENSOR_RECORD = TENSOR_RECORD
+unpickler.TUPLE_OPCODES = tuple_opcodes

@@ -19,6 +19,7 @@ import functools
 import io
 import mmap
 import pickletools
+import re
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -124,7 +125,7 @@ class StorageRef(_Recorded):
     view_offset: int = 0  # legacy views: element offset into the root storage
 
 
-@dataclass
+@dataclass(slots=True)  # 100k tensors: 100k records (a __dict__ each would be ~30 MB more)
 class TensorRecord(_Recorded):
     storage: StorageRef
     storage_offset: int
@@ -775,6 +776,7 @@ class _Source:
         size = len(buf)
         # reads may run past ``end`` (never past the buffer): the caller checks tell() <= end
         self.end = size if end is None else max(0, min(end, size))
+        self._whole: bytes | None = None
         if isinstance(buf, mmap.mmap):
             self._mm: mmap.mmap | None = buf
             buf.seek(min(max(pos, 0), size))
@@ -792,6 +794,7 @@ class _Source:
             bio = io.BytesIO(buf)  # shares the bytes object, no copy
             bio.seek(pos)
             self._base = 0
+            self._whole = buf
         else:  # a memoryview/bytearray: copies buf[pos:end] once
             bio = io.BytesIO(bytes(buf[pos : self.end]))
             self._base = pos
@@ -801,6 +804,16 @@ class _Source:
 
     def _tell(self) -> int:
         return self._base + self._bio.tell()
+
+    def raw(self) -> Any:
+        """The buffer that positions index (a memory map, or a bytes object read in place), else None."""
+        return self._mm if self._mm is not None else self._whole
+
+    def seek(self, pos: int) -> None:
+        if self._mm is not None:
+            self._mm.seek(pos)
+        else:
+            self._bio.seek(pos - self._base)
 
     def readline(self) -> bytes:
         if self._mm is None:
@@ -1328,6 +1341,11 @@ class Interpreter:
         return stack[0], self.reader.tell()
 
 
+# torch's tensor record (a compiled pattern) and the opcode count of its size / stride tuples: formats/fastpickle.py
+# sets them; the collector then takes each record in one step (GlobalCollector._tensor_record)
+TENSOR_RECORD: Any = None
+TUPLE_OPCODES: Callable[[bytes], int] = len
+
 # The C-unpickler fast path registers itself here when :mod:`ckptool.formats` is imported
 # (``formats/fastpickle.py`` imports this module, never the reverse: the import graph has no cycle). It returns
 # (object, position) or None, which means "read it with the Interpreter".
@@ -1496,6 +1514,86 @@ class GlobalCollector(Interpreter):
         return table
 
     # -- handlers -----------------------------------------------------------------------------------------
+    def op_get(self, arg: Any) -> int | None:  # type: ignore[override]
+        """A GET; or, when it starts one of torch's tensor records (formats/fastpickle.py, ``TENSOR_RECORD``), the
+        whole record in one step: the number of opcodes taken past this one (see :meth:`_tensor_record`)."""
+        if self.marks and TENSOR_RECORD is not None and self.at is not None:
+            raw = self.reader.raw()
+            if raw is not None:
+                m = TENSOR_RECORD.match(raw, self.at, self.limit)
+                if m is not None:
+                    k = self._tensor_record(m)
+                    if k:
+                        return k
+        Interpreter.op_get(self, arg)
+        return None
+
+    def _tensor_record(self, m: re.Match[bytes]) -> int:
+        """One tensor record as the opcode-by-opcode walk would take it, or 0 (nothing changed: walk it).
+
+        The record pushes only values this policy does not track (:data:`ANY`: tuples, the persistent id, REDUCE
+        results) except its storage key, a string, which its PUT memoizes; it has no global, no bytes and no
+        string but that key (checked not to look like a pickle). So its effect is: one ANY on the stack, and the
+        memo entries of its PUTs (the key, then ANY), which must be dense and in order (as op_put stores them
+        without the sparse dict); its GETs must name entries made before it; two MARKs within MAX_MARK_DEPTH;
+        the stack within MAX_STACK at its peak (64 above its start), so no bound checked every 4096 opcodes can
+        fail inside it. The opcodes it takes are counted exactly (``Walk.opcodes``)."""
+        g = m.groups()
+        dense = self._dense
+        n = len(dense)
+        if self._sparse or len(self.marks) + 3 > MAX_MARK_DEPTH or len(self.stack) + 64 > MAX_STACK:
+            return 0
+        for i in (0, 1, 2, 5, 11):  # the GETs
+            tok = g[i]
+            if (tok[1] if len(tok) == 2 else int.from_bytes(tok[1:5], "little")) >= n:
+                return 0
+        puts = [t for t in (g[4], g[6], g[8], g[10], g[12], g[13], g[14]) if t is not None]
+        if n + len(puts) > self.max_memo:
+            return 0
+        for j, tok in enumerate(puts):
+            if (tok[1] if len(tok) == 2 else int.from_bytes(tok[1:5], "little")) != n + j:
+                return 0
+        try:
+            key = str(g[3][5:], "utf-8", "surrogatepass")  # as pickletools reads BINUNICODE
+        except UnicodeDecodeError:
+            return 0
+        if key[:1] == "\x80":  # (a nested pickle candidate: op_string records it)
+            return 0
+        ops = 22 + TUPLE_OPCODES(g[7]) + TUPLE_OPCODES(g[9]) + (g[8] is not None) + (g[10] is not None)
+        dense.append(key)
+        dense.extend([ANY] * (len(puts) - 1))
+        self.push(ANY)
+        self.reader.seek(m.end())
+        return ops - 1
+
+    def interpret(self) -> Any:
+        """:meth:`Interpreter.interpret`, with the opcodes a handler took in one step (a tensor record) counted:
+        the bounds are checked at the same opcode counts (none can fail inside a record, see above)."""
+        get_handler = self.handlers().get
+        ops = 0
+        try:
+            for op, arg, at in genops(self.reader):  # type: ignore[arg-type]
+                ops += 1
+                self.at = at
+                if not ops & _CHECK_EVERY:
+                    self.ops = ops
+                    self.check_bounds()
+                name = op.name
+                handler = get_handler(name)
+                if handler is not None:
+                    took = handler(arg)
+                    if took:
+                        ops += took
+                    continue
+                if name == "STOP":
+                    self.ops = ops
+                    self.check_bounds()
+                    return self.op_stop()
+                raise CorruptFileError(f"{self.where}: unsupported pickle opcode {name}")  # pragma: no cover
+        finally:
+            self.ops = ops
+        raise CorruptFileError(f"{self.where}: pickle is truncated (no STOP opcode)")  # pragma: no cover
+
     def op_proto(self, arg: Any) -> None:
         self.walk.protocol = int(arg or 0)
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from ckptool.formats import fastpickle
+from ckptool.formats import fastpickle, unpickler
 
 
 def data_pkl(obj: Any, **kw: Any) -> bytes:
@@ -82,7 +82,7 @@ def test_torch_pickles_guard_the_same(name: str, proto: int, monkeypatch: pytest
 
 def _mutants(data: bytes, rng: random.Random, k: int) -> list[bytes]:
     """``k`` copies of data with one byte changed in its tensor records (and a few with two)."""
-    starts = [m.start() for m in fastpickle._TENSOR.__self__.finditer(data)]  # type: ignore[attr-defined]
+    starts = [m.start() for m in fastpickle.TENSOR_RECORD.finditer(data)]
     assert starts
     out = []
     for _ in range(k):
@@ -104,7 +104,7 @@ def test_changed_records_guard_the_same() -> None:
 
 
 def _records(data: bytes) -> list[Any]:
-    return list(fastpickle._TENSOR.__self__.finditer(data))  # type: ignore[attr-defined]
+    return list(fastpickle.TENSOR_RECORD.finditer(data))
 
 
 def _put_index(tok_at: int, data: bytearray) -> int:
@@ -114,7 +114,7 @@ def _put_index(tok_at: int, data: bytearray) -> int:
 def test_memo_indexes_out_of_order_are_walked() -> None:
     data = bytearray(data_pkl(_state_dicts()["big"]))
     recs = _records(bytes(data))
-    for group in (4, 6, 11, 12):  # the key-store, persistent id, hooks, arguments and tensor PUTs
+    for group in (5, 7, 14, 15):  # the storage key's, persistent id's, arguments' and tensor's PUTs
         b = bytearray(data)
         at = recs[500].start(group)
         assert b[at] == 0x72
@@ -136,7 +136,7 @@ def test_gets_of_tuples_weigh_as_the_walk_weighs_them(monkeypatch: pytest.Monkey
     persistent id weighs more, as the walk weighs it; the step still takes them."""
     data = data_pkl(_state_dicts()["big"])
     recs = _records(data)
-    pid_entry = _put_index(recs[10].start(6), bytearray(data))  # the memo entry of record 10's persistent id
+    pid_entry = _put_index(recs[10].start(7), bytearray(data))  # the memo entry of record 10's persistent id
     changed = _retarget(data, recs[20:], 2, pid_entry)  # the 'storage' GET
     steps = _steps(monkeypatch)
     assert _same(changed) == len(changed)
@@ -150,10 +150,10 @@ def test_gets_of_later_entries_are_walked(monkeypatch: pytest.MonkeyPatch) -> No
     data = data_pkl(_state_dicts()["big"])
     recs = _records(data)
     own = bytearray(data)
-    for target in (10**6, _put_index(recs[30].start(6), own)):
-        assert _same(_retarget(data, recs[30:31], 5, target)) is None
+    for target in (10**6, _put_index(recs[30].start(7), own)):
+        assert _same(_retarget(data, recs[30:31], 6, target)) is None
     steps = _steps(monkeypatch)
-    changed = _retarget(data, recs[30:31], 5, _put_index(recs[30].start(4), own))
+    changed = _retarget(data, recs[30:31], 6, _put_index(recs[30].start(5), own))
     assert _same(changed) == len(changed)
     assert False in steps and steps.count(True) == len(recs) - 1  # declined (from the key, then the GET), once
 
@@ -168,3 +168,42 @@ def test_records_near_the_mark_bound_are_walked(monkeypatch: pytest.MonkeyPatch)
     steps = _steps(monkeypatch)
     _same(data)
     assert steps and False in steps
+
+
+# -- the same step in scan's walk (unpickler.GlobalCollector) --------------------------------------------------------
+def _walks(data: bytes, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """scan's walk of data with the one-step records, which must equal the opcode-by-opcode walk."""
+    fast = unpickler.collect_globals(data)
+    with monkeypatch.context() as m:
+        m.setattr(unpickler, "TENSOR_RECORD", None)
+        slow = unpickler.collect_globals(data)
+    assert fast == slow
+    return fast
+
+
+@pytest.mark.parametrize("name", list(_state_dicts()))
+def test_torch_pickles_walk_the_same(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for proto in (2, 4):
+        data = data_pkl(_state_dicts()[name], pickle_protocol=proto)
+        w = _walks(data, monkeypatch)
+        assert w.complete and w.error is None and w.opcodes > 10
+
+
+def test_changed_records_walk_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(7)
+    data = data_pkl(_state_dicts()["mixed"])
+    errors = 0
+    for m in _mutants(data, rng, 2000):
+        errors += _walks(m, monkeypatch).error is not None
+    assert 0 < errors < 2000
+
+
+def test_a_storage_key_that_holds_a_pickle_is_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A storage key that looks like a pickle is a nested-pickle finding: the step leaves it to the walk."""
+    data = data_pkl({"a": torch.zeros(2), "b": torch.zeros(3)})
+    rec = list(fastpickle.TENSOR_RECORD.finditer(data))[-1]
+    lo, hi = rec.span(4)
+    key = "\x80\x02K\x01.".encode()  # U+0080 ... in UTF-8
+    changed = data[:lo] + b"X" + struct.pack("<I", len(key)) + key + data[hi:]
+    w = _walks(changed, monkeypatch)
+    assert w.nested and w.error is None
