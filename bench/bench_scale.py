@@ -2,7 +2,7 @@
 
     pip install -e '.[bench]'            # picklescan (and modelscan, where it installs)
     python bench/bench_scale.py [--runs 3] [--dir /tmp/ckptool-bench-scale] [--counts 1000,10000,30000,100000]
-                                [--no-llama]
+                                [--no-llama] [--only scan,picklescan]
 
 1. The curve: a state_dict of N float32 tensors of 4 elements (torch zip, and the same as safetensors), for N in
    --counts. Routes: `ckptool inspect --json` against `torch.load(mmap=True)` + print(k, v.size()); `ckptool
@@ -99,7 +99,7 @@ def have(cmd: str) -> bool:
     return shutil.which(cmd) is not None
 
 
-def curve(d: Path, counts: list[int], runs: int) -> list[str]:
+def curve(d: Path, counts: list[int], runs: int, only: list[str] | None = None) -> list[str]:
     out: list[str] = []
     rows: dict[str, dict[int, Measure]] = {}
     for n in counts:
@@ -119,6 +119,8 @@ def curve(d: Path, counts: list[int], runs: int) -> list[str]:
         ]
         if have("modelscan"):
             routes.append(("modelscan (safetensors)", ["modelscan", "-p", str(st)]))
+        if only:
+            routes = [r for r in routes if any(o in r[0] for o in only)]
         ms = []
         for label, cmd in routes:
             m = measure(f"{label}, N={n:,}", cmd, runs=runs, warmup=0)
@@ -217,12 +219,13 @@ def main() -> None:
     def extra(ap: object) -> None:
         ap.add_argument("--counts", default="1000,10000,30000,100000")  # type: ignore[attr-defined]
         ap.add_argument("--no-llama", action="store_true")  # type: ignore[attr-defined]
+        ap.add_argument("--only", default="", help="routes whose label holds one of these (comma-separated)")  # type: ignore[attr-defined]
 
     a = bench_args(extra)
     a.dir = a.dir if a.dir != "/tmp/ckptool-bench" else "/tmp/ckptool-bench-scale"
     d = Path(a.dir)
     d.mkdir(parents=True, exist_ok=True)
-    out = curve(d, [int(x) for x in a.counts.split(",")], a.runs)
+    out = curve(d, [int(x) for x in a.counts.split(",")], a.runs, [o for o in a.only.split(",") if o])
     if not a.no_llama:
         out += ["", *llama(d, a.runs)]
     print("\n" + "\n".join(out))

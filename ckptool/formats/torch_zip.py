@@ -460,8 +460,8 @@ def _scan_member(ctx: ScanContext, ar: zr.Archive, e: zr.Entry, is_torch_pkl: bo
 
 
 def _scan_crc(ctx: ScanContext, e: zr.Entry, off: int) -> None:
-    try:
-        for _ in zr.entry_chunks(ctx.src, off, e, bytearray(CHUNK)):
+    try:  # (a buffer the record's size: a 1 MiB one for each of 100k 16-byte records is 100 GB of zeroing)
+        for _ in zr.entry_chunks(ctx.src, off, e, bytearray(min(CHUNK, max(e.size, 1)))):
             pass
     except zr.CRCError as err:
         ctx.find(
