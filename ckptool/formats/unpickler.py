@@ -17,6 +17,7 @@ from __future__ import annotations
 import _compat_pickle
 import functools
 import io
+import math
 import mmap
 import pickletools
 import re
@@ -896,6 +897,23 @@ def c_long(line: bytes) -> int:
         raise ValueError(f"could not convert string to int: {line[:40]!r}") from None
 
 
+_C_FLOAT = re.compile(rb"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|(?i:inf|infinity|nan))")
+
+
+def c_float(line: bytes) -> float:
+    """A FLOAT opcode's line as the C unpickler's ``load_float`` reads it: ``PyOS_string_to_double`` (no
+    whitespace, no underscores; inf / infinity / nan in any case), then the next character must be the end
+    of the line or a NUL; a finite literal that overflows is an OverflowError. Python's ``float()`` (what
+    ``pickletools`` uses) accepts ``1_0``, ``" 1.5 "`` and returns inf for ``1e999``, which torch refuses."""
+    text = line.split(b"\0", 1)[0]
+    if not _C_FLOAT.fullmatch(text):
+        raise ValueError(f"could not convert string to float: {line[:40]!r}")
+    value = float(text)
+    if math.isinf(value) and not text.lstrip(b"+-").lower().startswith(b"inf"):
+        raise ValueError(f"FLOAT {line[:40]!r} is out of range (the C unpickler raises OverflowError)")
+    return value
+
+
 def _read_line(f: Any) -> bytes:
     data = f.readline()
     if not data.endswith(b"\n"):
@@ -906,6 +924,7 @@ def _read_line(f: Any) -> bytes:
 _ARG_READERS: dict[str, Callable[[Any], Any]] = {
     "INT": lambda f: c_int(_read_line(f)),
     "LONG": lambda f: c_long(_read_line(f)),
+    "FLOAT": lambda f: c_float(_read_line(f)),
 }
 _CODE2OP = {
     code: (op, _ARG_READERS.get(op.name) or (op.arg.reader if op.arg is not None else None))
