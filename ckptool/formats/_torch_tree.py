@@ -306,11 +306,39 @@ class SignFlip:
             pos += k
 
 
+@dataclass(frozen=True)
+class IntNeg:
+    """torch's neg bit on an integer tensor as a decoder: each element negated in two's complement, wrapping as
+    torch's ``resolve_neg`` does (-INT_MIN is INT_MIN; on uint8, -x is 256 - x)."""
+
+    itemsize: int
+    inner: Decoder | None = None
+
+    def chunks(
+        self, source: Source, where: ByteSource, start: int, stop: int, buf: bytearray
+    ) -> Iterator[bytes | memoryview]:
+        import numpy as np
+
+        if start % self.itemsize:
+            raise CorruptFileError(f"a read of a negated integer tensor starts inside an element (byte {start})")
+        raw = SignFlip(self.itemsize, (), self.inner)._raw(source, where, start, stop, buf)
+        for chunk in raw:
+            arr = np.frombuffer(chunk, dtype=f"<u{self.itemsize}")
+            yield (np.zeros_like(arr) - arr).astype(f"<u{self.itemsize}").tobytes()
+
+
 def _view_bits(name: str, rec: TensorRecord, st: StorageInfo, path: str, byteorder: str) -> StorageInfo:
-    """The storage as the tensor's neg / conj bits show it: the same bytes behind a :class:`SignFlip`."""
+    """The storage as the tensor's neg / conj bits show it: the same bytes behind a :class:`SignFlip` (or, for
+    an integer tensor's neg bit, :class:`IntNeg`)."""
     dt = dtypes.lookup(rec.dtype)
     size = dt.itemsize
     bits = "+".join(b for b, on in (("neg", rec.neg), ("conj", rec.conj)) if on)
+    integer = not dt.is_float and rec.dtype != "bool" and not rec.dtype.startswith(("qint", "quint"))
+    if rec.neg and not rec.conj and integer and size in (1, 2, 4, 8):
+        if byteorder != "little" or st.source is None:
+            raise CorruptFileError(f"tensor {name!r} carries torch's neg bit on a big-endian file", path=path)
+        src = dataclasses.replace(st.source, decoder=IntNeg(size, st.source.decoder))
+        return dataclasses.replace(st, key=f"{st.key}+neg", source=src)
     if not dt.is_float or byteorder != "little" or st.source is None:
         raise CorruptFileError(
             f"tensor {name!r} ({rec.dtype}) carries torch's {bits} bit, which ckptool applies to little-endian "
