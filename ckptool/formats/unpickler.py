@@ -1306,8 +1306,8 @@ class Interpreter:
         if self.ops > self.max_ops or len(self.stack) > MAX_STACK:
             raise CorruptFileError(f"{self.where}: exceeds ckptool's size bounds")
 
-    def handlers(self) -> dict[str, Callable[[Any], None]]:
-        table: dict[str, Callable[[Any], None]] = {op: getattr(self, m) for op, m in self.DISPATCH.items()}
+    def handlers(self) -> dict[str, Callable[[Any], int | None]]:
+        table: dict[str, Callable[[Any], int | None]] = {op: getattr(self, m) for op, m in self.DISPATCH.items()}
         for name, m in self.REFUSED.items():
             table[name] = functools.partial(getattr(self, m), name)
         for name in _PUSH_ARG:
@@ -1328,7 +1328,10 @@ class Interpreter:
 
     def interpret(self) -> Any:
         """The loop both policies share: every opcode through its handler, the bounds checked every 4096
-        opcodes and at STOP, whose result is :meth:`op_stop`'s. ``self.at`` is the opcode's position."""
+        opcodes and at STOP, whose result is :meth:`op_stop`'s. ``self.at`` is the opcode's position. A handler
+        that takes several opcodes in one step (the collector's tensor records) returns how many it took past its
+        own, and they are counted; the bounds are checked at the same opcode counts (none can fail inside a
+        record: see :meth:`GlobalCollector._tensor_record`)."""
         get_handler = self.handlers().get
         ops = 0
         try:
@@ -1341,7 +1344,9 @@ class Interpreter:
                 name = op.name
                 handler = get_handler(name)
                 if handler is not None:
-                    handler(arg)
+                    took = handler(arg)
+                    if took:
+                        ops += took
                     continue
                 if name == "STOP":
                     self.ops = ops
@@ -1523,8 +1528,10 @@ class GlobalCollector(Interpreter):
 
         return effect
 
-    def handlers(self) -> dict[str, Callable[[Any], None]]:
-        table = {name: self._effect(name, *e) for name, e in _EFFECTS.items() if name != "STOP"}
+    def handlers(self) -> dict[str, Callable[[Any], int | None]]:
+        table: dict[str, Callable[[Any], int | None]] = {
+            name: self._effect(name, *e) for name, e in _EFFECTS.items() if name != "STOP"
+        }
         table.update({op: getattr(self, m) for op, m in self.COLLECT.items()})
         for name in ("EXT1", "EXT2", "EXT4"):
             table[name] = functools.partial(self.op_ext, name)
@@ -1584,34 +1591,6 @@ class GlobalCollector(Interpreter):
         self.push(ANY)
         self.reader.seek(m.end())
         return ops - 1
-
-    def interpret(self) -> Any:
-        """:meth:`Interpreter.interpret`, with the opcodes a handler took in one step (a tensor record) counted:
-        the bounds are checked at the same opcode counts (none can fail inside a record, see above)."""
-        get_handler = self.handlers().get
-        ops = 0
-        try:
-            for op, arg, at in genops(self.reader):  # type: ignore[arg-type]
-                ops += 1
-                self.at = at
-                if not ops & _CHECK_EVERY:
-                    self.ops = ops
-                    self.check_bounds()
-                name = op.name
-                handler = get_handler(name)
-                if handler is not None:
-                    took = handler(arg)
-                    if took:
-                        ops += took
-                    continue
-                if name == "STOP":
-                    self.ops = ops
-                    self.check_bounds()
-                    return self.op_stop()
-                raise CorruptFileError(f"{self.where}: unsupported pickle opcode {name}")  # pragma: no cover
-        finally:
-            self.ops = ops
-        raise CorruptFileError(f"{self.where}: pickle is truncated (no STOP opcode)")  # pragma: no cover
 
     def op_proto(self, arg: Any) -> None:
         self.walk.protocol = int(arg or 0)

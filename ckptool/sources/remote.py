@@ -48,7 +48,7 @@ import os
 import re
 import ssl
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
@@ -439,27 +439,23 @@ class HttpFile:
     def _read_body(self, r: _Response, n: int, announced: int | None) -> bytes:
         """Up to ``n`` body bytes, counted; a timeout, a short body or a broken connection closes the response
         and is one error (``announced``: the length the server promised, for the message)."""
-        try:
+        with self._body_errors(r, announced):
             data = r.resp.read(n)
-        except TimeoutError:
-            r.close()
-            self._drop(r.url)
-            raise self._error(f"the server stopped sending within {self.timeout:g} s (--timeout)") from None
-        except http.client.IncompleteRead as e:
-            r.close()
-            self._drop(r.url)
-            raise self._error(f"the server sent {len(e.partial)} of the {announced} bytes it announced") from None
-        except (OSError, http.client.HTTPException) as e:
-            r.close()
-            self._drop(r.url)
-            raise self._error(f"the download broke off ({_why(e)})") from None
         STATS.add(nbytes=len(data))
         return data
 
     def _readinto_body(self, r: _Response, view: memoryview, announced: int | None) -> int:
         """:meth:`_read_body` into a caller's buffer: the count read (0 at the end of the body)."""
-        try:
+        with self._body_errors(r, announced):
             k = r.resp.readinto(view)
+        STATS.add(nbytes=k)
+        return k
+
+    @contextlib.contextmanager
+    def _body_errors(self, r: _Response, announced: int | None) -> Iterator[None]:
+        """One error, the response closed, for what can go wrong while a body streams."""
+        try:
+            yield
         except TimeoutError:
             r.close()
             self._drop(r.url)
@@ -472,8 +468,6 @@ class HttpFile:
             r.close()
             self._drop(r.url)
             raise self._error(f"the download broke off ({_why(e)})") from None
-        STATS.add(nbytes=k)
-        return k
 
     def _read(self, r: _Response, n: int) -> bytes:
         """Exactly ``n`` body bytes (the caller checked the headers promise them)."""
