@@ -183,7 +183,7 @@ def test_scan_names_every_dangerous_global(corpus: Corpus) -> None:
     from ckptool.scan import scan
 
     for case in corpus.cases:
-        if case.scan_exit == 2:
+        if case.scan_exit == 2 or case.path.is_dir():  # the library's scan() takes a file; the CLI walks folders
             continue
         report = scan(case.path)
         kinds = {f.kind for f in report.findings}
