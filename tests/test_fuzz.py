@@ -11,9 +11,11 @@ The suite budget is small and deterministic (``derandomize``). A longer, random 
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import pickletools
+import shutil
 import struct
 import tempfile
 import zipfile
@@ -35,9 +37,11 @@ from ckptool.sources import MemorySource
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 # keep hypothesis' caches out of the work tree
-set_hypothesis_home_dir(
-    os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY") or tempfile.mkdtemp(prefix="ckptool-hypothesis-")
-)
+_HOME = os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY")
+if not _HOME:
+    _HOME = tempfile.mkdtemp(prefix="ckptool-hypothesis-")
+    atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+set_hypothesis_home_dir(_HOME)
 LONG = int(os.environ.get("CKPTOOL_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(
     max_examples=LONG or 200,
@@ -259,8 +263,8 @@ def test_safetensors_structured(data: bytes) -> None:
 
 
 @pytest.fixture(scope="module")
-def fuzz_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="ckptool-fuzz-"))
+def fuzz_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
 
 
 @FUZZ
