@@ -234,6 +234,14 @@ def read(src: Source, *, key: str | None = None) -> Checkpoint:
     path = src.name
     ar = open_zip(src)
     _refuse_fatal(ar, path)
+    try:  # PyTorchStreamReader's own refusals after miniz's: the version record, the serialization id
+        zr.torch_open_checks(ar, src)
+    except zr.ZipError as err:
+        raise CorruptFileError(f"torch.load refuses this archive: {err.reason}", path=path) from None
+    except zr.Unspecified as err:
+        raise CorruptFileError(
+            f"torch.load's outcome is undefined: record {err} has a broken deflate stream", path=path
+        ) from None
     prefix = ar.prefix
     assert prefix is not None  # (zip-outside is fatal)
     plen = len(prefix) + 1

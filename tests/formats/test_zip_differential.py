@@ -67,8 +67,8 @@ def ours_side(data: bytes) -> tuple:
     try:
         ar = zr.open_archive(src, max_entries=1 << 32)
         zr.torch_open_checks(ar, src)
-    except zr.ZipError:
-        return ("refuse",)
+    except zr.ZipError as e:
+        return ("undefined",) if e.kind == "unspecified" else ("refuse",)
     try:
         raw = zr.torch_view(ar)["records"]
         names = [n.decode("utf-8") for n in raw]
@@ -96,6 +96,8 @@ def ours_side(data: bytes) -> tuple:
 
 
 def same(t: tuple, o: tuple) -> bool:
+    if o[0] == "undefined":  # torch parses a buffer it never filled: it opens the file or not, run to run
+        return True
     if t[0] != o[0] or t[0] != "ok":
         return t[0] == o[0]
     if t[1] != o[1]:

@@ -72,6 +72,35 @@ def test_a_rebuilt_torch_file_reads_the_same_through_both(base, tmp_path: Path) 
         np.testing.assert_array_equal(ck.numpy("w"), np.arange(6, dtype=np.float32))
 
 
+# -- PyTorchStreamReader's checks after miniz: the version record ------------------------------------------
+@pytest.mark.parametrize(("text", "why"), [(b"abc\n", "cannot parse the version"), (b"11\n", "unsupported version 11")])
+def test_a_version_record_torch_refuses_is_refused(base, tmp_path: Path, cli, text: bytes, why: str) -> None:
+    _path, members = base
+    ms = [replace(m, data=text) if m.name == b"m/version" else m for m in members]
+    p = write(tmp_path, "ver.pth", build(ms))
+    with pytest.raises(RuntimeError, match="version"):
+        torch._C.PyTorchFileReader(str(p))
+    with pytest.raises(CorruptFileError, match=why):
+        open_checkpoint(p)
+    r = cli("inspect", p)
+    assert r.exit_code == 2 and "torch.load refuses this archive" in r.output
+    assert cli("scan", p).exit_code == 1  # a finding: the file torch cannot open is not "ok"
+    assert "corrupt" in kinds(scan(p))
+
+
+def test_a_directory_attributed_version_record_is_refused_as_undefined(base, tmp_path: Path) -> None:
+    """miniz "extracts" a directory entry without writing torch's buffer: torch parses uninitialised memory
+    (it opened such a file in one CI run and refused it in the next). ckptool refuses it and says why."""
+    _path, members = base
+    ms = [replace(m, external_attr=0x10) if m.name == b"m/version" else m for m in members]
+    p = write(tmp_path, "dirver.pth", build(ms))
+    with pytest.raises(CorruptFileError, match="memory it never filled"):
+        open_checkpoint(p)
+    with open_source(p) as src, pytest.raises(zr.ZipError) as e:
+        zr.torch_open_checks(zr.open_archive(src), src)
+    assert e.value.kind == "unspecified"
+
+
 # -- name lookup: case-insensitive, first match by miniz's own sort ------------------------------------------
 @pytest.mark.parametrize("variant", [b"m/DATA.PKL", b"m/Data.Pkl"])
 @pytest.mark.parametrize("where", ["before", "after"])
