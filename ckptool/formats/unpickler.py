@@ -991,6 +991,77 @@ _PUSH_ARG = frozenset(
     }
 )  # fmt: skip
 _CHECK_EVERY = 0xFFF  # resource bounds are checked every 4096 opcodes (and at STOP)
+_U4 = struct.Struct("<I").unpack_from
+_I4 = struct.Struct("<i").unpack_from
+
+
+def _int_at(raw: Any, i: int) -> int:
+    """The BININT1 / BININT2 / BININT at ``raw[i]`` (a matched record's integer), as pickletools reads it."""
+    op = raw[i]
+    if op == 0x4B:
+        return raw[i + 1]
+    if op == 0x4D:
+        return raw[i + 1] | raw[i + 2] << 8
+    return _I4(raw, i + 1)[0]
+
+
+def _inline_recorder(g: Any) -> Any:
+    """The recorder :func:`call` runs for ``g(*args)`` (no kwargs) when it is an allowlisted one, else None."""
+    if not isinstance(g, Global) or g.module.startswith("__torch__") or g.qualname.startswith("torch.jit._pickle."):
+        return None
+    return ALLOWED.get(g.qualname)
+
+
+def _rebuild_inline(args: tuple[Any, ...]) -> TensorRecord | None:
+    """:func:`_rebuild_tensor_v2` on a tensor record's arguments (an int offset, exact int tuples, a bool, no
+    metadata), or None where one of its checks fails: :func:`call` then runs it and raises its error."""
+    storage, offset, size, stride, requires_grad, _ = args
+    if not isinstance(storage, StorageRef) or offset < 0 or len(size) != len(stride) or (size and min(size) < 0):
+        return None
+    t = TensorRecord(storage, offset, size, stride, storage.dtype)
+    t.requires_grad = requires_grad
+    return t
+
+
+def _ix(tok: bytes) -> int:
+    """The index of a matched GET / PUT token (the 1- or 4-byte form)."""
+    return tok[1] if len(tok) == 2 else int(_U4(tok, 1)[0])
+
+
+_LONG_PUTS = {k: struct.Struct("<" + "xI" * k).unpack for k in range(5, 8)}  # k LONG_BINPUT indexes at once
+_INT_TUPLES: dict[bytes, tuple[tuple[int, ...], int]] = {}  # matched size / stride bytes -> (value, opcodes)
+
+
+def _int_tuple(tok: bytes) -> tuple[tuple[int, ...], int]:
+    """A matched size / stride tuple (EMPTY_TUPLE; 1-3 ints and TUPLE1-3; MARK, ints, TUPLE): its value and its
+    opcode count; remembered in :data:`_INT_TUPLES` (a few thousand distinct shapes at most)."""
+    got = _INT_TUPLES.get(tok)
+    if got is None:
+        vals = _int_values(tok)
+        got = (vals, 1 if not vals else len(vals) + (2 if tok[0] == 0x28 else 1))
+        if len(_INT_TUPLES) < 65536:
+            _INT_TUPLES[tok] = got
+    return got
+
+
+def _int_values(tok: bytes) -> tuple[int, ...]:
+    if len(tok) == 1:
+        return ()
+    i = 1 if tok[0] == 0x28 else 0
+    end = len(tok) - 1
+    out = []
+    while i < end:
+        op = tok[i]
+        if op == 0x4B:
+            out.append(tok[i + 1])
+            i += 2
+        elif op == 0x4D:
+            out.append(tok[i + 1] | tok[i + 2] << 8)
+            i += 3
+        else:
+            out.append(_I4(tok, i + 1)[0])
+            i += 5
+    return tuple(out)
 
 
 class Interpreter:
@@ -1282,6 +1353,161 @@ class Interpreter:
             raise CorruptFileError(f"{self.where}: BUILD on an empty stack")
         _build(self.stack[-1], state, self.where)
 
+    def op_binunicode(self, arg: Any) -> int | None:
+        """A string; or, when it is a state_dict key that torch's tensor records follow (``key PUT <record>``, a
+        SETITEMS batch), that run of keys and tensors in one step (:meth:`_tensor_run`)."""
+        self.push(arg)
+        if self.marks and self.persistent_load is not None:
+            raw = self.reader.raw()
+            if raw is not None:
+                return self._tensor_run(raw, self.reader.tell()) or None
+        return None
+
+    def _tensor_run(self, raw: Any, pos: int) -> int:
+        """``PUT <record>`` after the key just pushed, then ``X key PUT <record>`` units while they come: each
+        unit's effect exactly as the opcode-by-opcode walk computes it, in one step. Returns the opcodes taken past
+        the key (0: nothing changed, and the walk reads on from the key).
+
+        The record is torch's ``_rebuild_tensor_v2`` sequence (formats/fastpickle.py, ``TENSOR_RECORD``; every
+        argument read with its exact length). Its opcodes, in order, do this, and so does this step:
+
+        - the key's PUT memoizes it; the record's GETs (the rebuild global f, the string 'storage', the storage
+          class, the location, the ``OrderedDict`` global g) read entries made before the record;
+        - the storage key is pushed and memoized; the persistent id ``('storage', class, key, location, numel)``
+          is built, memoized and given to :attr:`persistent_load` (BINPERSID);
+        - the offset, the size and stride tuples (memoized when torch PUTs them), requires_grad;
+        - ``g()`` (REDUCE with no arguments: :func:`call`, as op_reduce calls it), memoized; the argument tuple
+          ``(storage, offset, size, stride, requires_grad, hooks)``, memoized; ``f(*arguments)``
+          (:func:`call`), memoized and pushed.
+
+        Tuple depths (:func:`tuple_depth`, a cache that hashing a key consults) are computed where a tuple holds
+        tuples it did not build (a GET of a memoized tuple); a record's own tuples of ints are left out of the cache
+        (1 and 2 levels: computed again if one is ever hashed), which keeps 100k tensors' tuples out of it. The checks the walk makes at these opcodes are made
+        first, and the unit is left to the walk when one would fail or a bound is within reach: PUT indexes
+        dense and in order (no sparse memo), below :attr:`max_memo`; GETs of existing entries; two MARKs within
+        MAX_MARK_DEPTH; the stack within MAX_STACK. The opcode bound cannot be reached (a pickle has fewer
+        opcodes than bytes, and :func:`ops_bound` allows one per byte). Past those checks only the calls can
+        fail, with the errors the walk would raise at the same calls. When f and g are the allowlist's
+        ``_rebuild_tensor_v2`` and ``OrderedDict`` recorders, their bodies run inline (:func:`_rebuild_inline`);
+        equal size tuples may be one tuple object (immutable: nothing can tell them apart but ``is``)."""
+        if self._sparse or len(self.marks) + 3 > MAX_MARK_DEPTH:  # the record's two MARKs, a size's third
+            return 0
+        match = TENSOR_RECORD.match
+        dense, stack, tdepth, limit = self._dense, self.stack, self.tdepth, self.limit
+        persistent, max_memo = self.persistent_load, self.max_memo
+        assert persistent is not None
+        tuples = _INT_TUPLES
+        hooks_inline: dict[int, bool] = {}  # id(g) -> whether g is the OrderedDict recorder (run inline)
+        rebuild_inline: dict[int, bool] = {}  # id(f) -> whether f is the _rebuild_tensor_v2 recorder
+        taken = 0
+        while True:
+            if pos + 2 > limit:
+                break
+            op = raw[pos]
+            if op == 0x71:  # BINPUT
+                i, r = raw[pos + 1], pos + 2
+            elif op == 0x72 and pos + 5 <= limit:  # LONG_BINPUT
+                i, r = _U4(raw, pos + 1)[0], pos + 5
+            else:
+                break
+            n = len(dense)
+            if i != n or n + 8 > max_memo or len(stack) + 66 > MAX_STACK:
+                break
+            m = match(raw, r, limit)
+            if m is None:
+                break
+            t_f, t_st, t_cls, t_key, p_key, t_loc, p_pid, t_size, p_size, t_stride, p_stride, t_g, p_hooks, p_args, p_t = (
+                m.groups()
+            )  # fmt: skip
+            # the GETs: entries made before the record (n: the key, memoized first)
+            if len(t_f) + len(t_st) + len(t_cls) + len(t_loc) + len(t_g) == 10:
+                j_f, j_st, j_cls, j_loc, j_g = t_f[1], t_st[1], t_cls[1], t_loc[1], t_g[1]
+            else:
+                j_f, j_st, j_cls, j_loc, j_g = (_ix(t) for t in (t_f, t_st, t_cls, t_loc, t_g))
+            if j_f > n or j_st > n or j_cls > n or j_loc > n or j_g > n:
+                break
+            # the PUTs: n + 1, n + 2, ... in order
+            puts = (p_key, p_pid, p_size, p_stride, p_hooks, p_args, p_t)
+            if p_size is None or p_stride is None:
+                puts = tuple(x for x in puts if x is not None)
+            k = len(puts)
+            joined = b"".join(puts)
+            if len(joined) == 5 * k:
+                if _LONG_PUTS[k](joined) != tuple(range(n + 1, n + 1 + k)):
+                    break
+            elif [_ix(x) for x in puts] != list(range(n + 1, n + 1 + k)):
+                break
+            try:
+                skey = str(t_key[5:], "utf-8", "surrogatepass")  # as pickletools reads BINUNICODE
+            except UnicodeDecodeError:
+                break
+            key = stack[-1]  # the unit's key (memo entry n)
+            f = key if j_f == n else dense[j_f]
+            st = key if j_st == n else dense[j_st]
+            cls = key if j_cls == n else dense[j_cls]
+            loc = key if j_loc == n else dense[j_loc]
+            gg = key if j_g == n else dense[j_g]
+            size = tuples.get(t_size)
+            if size is None:
+                size = _int_tuple(t_size)
+            stride = tuples.get(t_stride)
+            if stride is None:
+                stride = _int_tuple(t_stride)
+            numel = _int_at(raw, m.end(6))
+            offset = _int_at(raw, m.end(7) + 1)
+            requires_grad = raw[m.start(12) - 1] == 0x88
+            pid = (st, cls, skey, loc, numel)
+            # past the checks: the calls, in the walk's order (BINPERSID, g's REDUCE, f's REDUCE)
+            storage = persistent(pid)
+            fast = hooks_inline.get(id(gg))
+            if fast is None:
+                fast = hooks_inline[id(gg)] = _inline_recorder(gg) is _ordered_dict
+            if fast:
+                hooks: Any = PickledDict()
+                hooks.kind = "OrderedDict"
+            else:
+                hooks = call(gg, ())
+            args = (storage, offset, size[0], stride[0], requires_grad, hooks)
+            fast = rebuild_inline.get(id(f))
+            if fast is None:
+                fast = rebuild_inline[id(f)] = _inline_recorder(f) is _rebuild_tensor_v2
+            tensor = _rebuild_inline(args) if fast else None
+            if tensor is None:
+                tensor = call(f, args)
+            if p_size is None or p_stride is None:
+                dense.extend((key, skey, pid))
+                if p_size is not None:
+                    dense.append(size[0])
+                if p_stride is not None:
+                    dense.append(stride[0])
+                dense.extend((hooks, args, tensor))
+            else:
+                dense.extend((key, skey, pid, size[0], stride[0], hooks, args, tensor))
+            stack.append(tensor)  # above its key
+            if type(st) is tuple or type(cls) is tuple or type(loc) is tuple:
+                tuple_depth(pid, tdepth)  # (raises past MAX_DEPTH, as op_tuple would)
+            if type(storage) is tuple or type(hooks) is tuple:
+                tuple_depth(args, tdepth)
+            taken += 23 + size[1] + stride[1] + (p_size is not None) + (p_stride is not None)
+            pos = m.end()
+            # the next unit's key: BINUNICODE
+            if pos + 5 > limit or raw[pos] != 0x58:
+                break
+            q = pos + 5 + _U4(raw, pos + 1)[0]
+            if q > limit:
+                break
+            try:
+                nxt = str(raw[pos + 5 : q], "utf-8", "surrogatepass")
+            except UnicodeDecodeError:
+                break
+            stack.append(nxt)
+            taken += 1
+            pos = q
+        if not taken:
+            return 0
+        self.reader.seek(pos)
+        return taken
+
     def op_persid(self, pid: Any) -> None:
         if self.persistent_load is None:
             raise CorruptFileError(f"{self.where}: persistent id in a pickle that should have none")
@@ -1312,6 +1538,8 @@ class Interpreter:
             table[name] = functools.partial(getattr(self, m), name)
         for name in _PUSH_ARG:
             table[name] = self.push
+        if TENSOR_RECORD is not None:
+            table["BINUNICODE"] = self.op_binunicode
         return table
 
     def run(self) -> tuple[Any, int]:
@@ -1391,13 +1619,28 @@ def load(
 
     The C unpickler reads it instead when :mod:`ckptool.formats.fastpickle`'s guard allows (same result,
     several times faster); anything else, and every error, goes through the pure-Python interpreter."""
-    if not torchscript and FAST_PATH is not None:
+    if not torchscript and FAST_PATH is not None and not (persistent_load is not None and _record_dense(buf, pos, end)):
         got = FAST_PATH(buf, pos, end=end, persistent_load=persistent_load, where=where, inert=inert)
         if got is not None:
             return got
     return Interpreter(
         buf, pos, end=end, persistent_load=persistent_load, torchscript=torchscript, where=where, inert=inert
     ).run()
+
+
+def _record_dense(buf: Any, pos: int, end: int | None) -> bool:
+    """Whether torch's tensor records fill this pickle (a state_dict of many tensors): the interpreter then takes
+    them a run at a time (:meth:`Interpreter._tensor_run`), faster than the guard plus the C unpickler, whose
+    callbacks into ckptool's recorders cost as much as the records themselves. Judged on the first 64 KB."""
+    if TENSOR_RECORD is None or not isinstance(buf, (bytes, mmap.mmap)):
+        return False
+    stop = len(buf) if end is None else min(end, len(buf))
+    if stop - pos < RECORD_DENSE_BYTES:
+        return False
+    return sum(1 for _ in TENSOR_RECORD.finditer(buf, pos, pos + (1 << 16))) >= 64
+
+
+RECORD_DENSE_BYTES = 1 << 20  # smaller pickles take the fast path whatever they hold (either is quick)
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ of it (every byte of a record changed, memo indexes and GET targets moved, tuple
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import random
 import struct
@@ -16,7 +17,9 @@ from typing import Any
 import pytest
 import torch
 
+from ckptool.errors import CorruptFileError, UnsafePickleError
 from ckptool.formats import fastpickle, unpickler
+from ckptool.formats._torch_tree import storage_ref
 
 
 def data_pkl(obj: Any, **kw: Any) -> bytes:
@@ -207,3 +210,128 @@ def test_a_storage_key_that_holds_a_pickle_is_walked(monkeypatch: pytest.MonkeyP
     changed = data[:lo] + b"X" + struct.pack("<I", len(key)) + key + data[hi:]
     w = _walks(changed, monkeypatch)
     assert w.nested and w.error is None
+
+
+# -- the same records in the reading interpreter (unpickler.Interpreter._tensor_run) ---------------------------------
+def _canon(x: Any) -> Any:
+    """A comparable form of a read object: PickledDicts with their class and BUILD state, containers by value."""
+    if isinstance(x, unpickler.PickledDict):
+        return ("PickledDict", x.kind, _canon(x.state), [(_canon(k), _canon(v)) for k, v in x.items()])
+    if isinstance(x, dict):
+        return ("dict", [(_canon(k), _canon(v)) for k, v in x.items()])
+    if isinstance(x, (list, tuple)):
+        return (type(x).__name__, [_canon(v) for v in x])
+    return x
+
+
+def _outcome(data: bytes) -> Any:
+    refs: dict[str, Any] = {}
+
+    def persistent_load(pid: Any) -> Any:
+        ref = storage_ref(pid, legacy=False)
+        return refs.setdefault(ref.key, ref)
+
+    try:
+        root, end = unpickler.Interpreter(data, persistent_load=persistent_load).run()
+    except (CorruptFileError, UnsafePickleError) as e:
+        return ("error", type(e).__name__, e.message)
+    return ("ok", _canon(root), end, list(refs.values()))
+
+
+def _reads(data: bytes, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[int]]:
+    """The interpreter's reading of data with its one-step runs, which must equal (the object, or the error) its
+    opcode-by-opcode reading; and the opcodes each run took."""
+    taken: list[int] = []
+    real = unpickler.Interpreter._tensor_run
+
+    def counted(self: Any, raw: Any, pos: int) -> int:
+        k = real(self, raw, pos)
+        taken.append(k)
+        return k
+
+    with monkeypatch.context() as m:
+        m.setattr(unpickler.Interpreter, "_tensor_run", counted)
+        fast = _outcome(data)
+    with monkeypatch.context() as m:
+        m.setattr(unpickler, "TENSOR_RECORD", None)
+        slow = _outcome(data)
+    assert fast == slow
+    return fast, taken
+
+
+@pytest.mark.parametrize("proto", [2, 4])
+@pytest.mark.parametrize("name", list(_state_dicts()))
+def test_torch_pickles_read_the_same(name: str, proto: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = data_pkl(_state_dicts()[name], pickle_protocol=proto)
+    got, taken = _reads(data, monkeypatch)
+    assert got[0] == "ok" and got[2] == len(data)
+    if name in ("mixed", "big") and proto == 2:  # (protocol 4 memoizes with MEMOIZE: the walk reads it)
+        n = 300 if name == "mixed" else 2000
+        assert sum(taken) > 0.9 * n * 25, "torch's records should be taken a run at a time"
+
+
+def test_changed_records_read_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One or two bytes changed in the records: every outcome (an object, or an error and its message) is the
+    opcode-by-opcode one, and both kinds occur."""
+    rng = random.Random(5)
+    data = data_pkl(_state_dicts()["mixed"])
+    kinds = collections.Counter()
+    for m in _mutants(data, rng, 1500):
+        kinds[_reads(m, monkeypatch)[0][0]] += 1
+    assert kinds["ok"] > 50 and kinds["error"] > 50
+
+
+@pytest.mark.parametrize(
+    ("group", "what"),
+    [(1, "the rebuild global"), (2, "the 'storage' string"), (3, "the storage class"), (6, "the location"),
+     (12, "the OrderedDict global")],
+)  # fmt: skip
+@pytest.mark.parametrize("target", ["key", "pid", "own", "ahead", "global"])
+def test_retargeted_gets_read_the_same(group: int, what: str, target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record's GET naming another entry: the unit's own key (valid), an earlier persistent id (a tuple: its
+    depth recorded as the walk records it), the record's own storage key (made after the GET: the walk reads
+    it), an entry not made yet (an error), another global (another recorder runs). Same outcome either way."""
+    data = data_pkl(_state_dicts()["big"])
+    recs = _records(data)
+    b = bytearray(data)
+    at = {
+        "key": recs[30].start(1) - (2 if data[recs[30].start(1) - 2] == 0x71 else 5),  # the PUT before the record
+        "pid": recs[10].start(7),
+        "own": recs[30].start(5),
+    }
+    idx = {t: _put_index(a, b) for t, a in at.items()}
+    idx["ahead"] = 10**6
+    idx["global"] = data[recs[20].start(12) + 1] if group != 12 else data[recs[20].start(1) + 1]
+    got, _ = _reads(_retarget(data, recs[30:31], group, idx[target]), monkeypatch)
+    if target == "ahead":
+        assert got[0] == "error"
+
+
+def test_a_negative_size_is_the_recorders_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = data_pkl({"a": torch.zeros(2), "b": torch.zeros(3), "c": torch.zeros(4)})
+    rec = _records(data)[-1]
+    lo, hi = rec.span(8)
+    assert data[lo:hi] == b"K\x04\x85"
+    got, _ = _reads(data[:lo] + b"J" + struct.pack("<i", -4) + b"\x85" + data[hi:], monkeypatch)
+    assert got[0] == "error" and "size" in got[2]
+
+
+def test_record_dense_pickles_skip_the_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pickle of more than 1 MB that torch's records fill is read by the interpreter's runs; a small one, and
+    one without records, by the guard and the C unpickler."""
+    calls: list[int] = []
+    real = unpickler.FAST_PATH
+    assert real is not None
+
+    def spy(buf: Any, pos: int = 0, **kw: Any) -> Any:
+        calls.append(len(buf))
+        return real(buf, pos, **kw)
+
+    monkeypatch.setattr(unpickler, "FAST_PATH", spy)
+    big = data_pkl({f"layer.{i}.weight": torch.zeros(2) for i in range(12_000)})
+    assert len(big) > unpickler.RECORD_DENSE_BYTES
+    small = data_pkl({"a": torch.zeros(2)})
+    plain = b"\x80\x02]q\x00(" + b"K\x01" * 600_000 + b"e."
+    for data in (big, small, plain):
+        unpickler.load(data, persistent_load=functools.partial(storage_ref, legacy=False))
+    assert calls == [len(small), len(plain)]
