@@ -199,18 +199,21 @@ class Archive:
     def has_nul(self) -> bool:
         """Does any name hold a NUL byte?"""
         if self._has_nul is None:
-            self._has_nul = any(b"\0" in e.raw for e in self.entries)
+            self._has_nul = b"\0" in b"".join([e.raw for e in self.entries])
         return self._has_nul
 
     def _index(self) -> None:
-        by: dict[bytes, int] = {}
+        lows = [e.raw.lower() for e in self.entries]
+        n = len(lows)
+        # the first entry of each name: built backwards, so the first one is the one that stays
+        by = dict(zip(reversed(lows), range(n - 1, -1, -1), strict=True))
         dups: set[bytes] = set()
-        for e in self.entries:
-            low = e.raw.lower()
-            if low in by:
-                dups.add(low)
-            else:
-                by[low] = e.index
+        if len(by) < n:  # some name is there twice
+            seen: set[bytes] = set()
+            for low in lows:
+                if low in seen:
+                    dups.add(low)
+                seen.add(low)
         self._by_lower, self._dups = by, dups
 
     @property
@@ -675,7 +678,8 @@ def local_table(ar: Archive) -> LocalTable:
     name_ok = ok & (nl == clen) & (offs + LDH_SIZE + nl <= ar.size)
     idx = np.flatnonzero(name_ok & (clen > 0))
     if len(idx):
-        central = np.frombuffer(b"".join(ar.entries[i].raw for i in idx), dtype=np.uint8)
+        entries = ar.entries
+        central = np.frombuffer(b"".join([entries[i].raw for i in idx.tolist()]), dtype=np.uint8)
         lens = clen[idx]
         starts = np.cumsum(lens) - lens
         if mem is not None:

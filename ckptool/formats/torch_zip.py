@@ -153,9 +153,9 @@ def findings(ar: zr.Archive) -> Iterator[tuple[str, str, str | None]]:
             yield ("parser-differential", message, where)
     cnames = [e.cname for e in ar.entries] if ar.has_nul else [e.raw[: zr.MAX_NAME] for e in ar.entries]
     pkls = [
-        e.name
-        for e, c in zip(ar.entries, cnames, strict=True)
-        if c.lower().endswith(b"data.pkl") and (len(c) == 8 or c[-9:-8] == b"/")
+        ar.entries[i].name
+        for i, c in enumerate(cnames)
+        if c[-8:].lower() == b"data.pkl" and (len(c) == 8 or c[-9:-8] == b"/")
     ]
     if len(set(pkls)) > 1:
         yield (
@@ -169,7 +169,8 @@ def findings(ar: zr.Archive) -> Iterator[tuple[str, str, str | None]]:
         yield ("zip-outside", "the first entry is not in a folder: torch refuses the archive", None)
     else:
         under = prefix + b"/"
-        outside = [e for e, c in zip(ar.entries, cnames, strict=True) if not c.startswith(under)]
+        k = len(under)
+        outside = [ar.entries[i] for i, c in enumerate(cnames) if c[:k] != under]
         for e in outside[:8]:
             yield (
                 "zip-outside",
