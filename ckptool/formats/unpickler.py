@@ -1386,8 +1386,9 @@ class Interpreter:
         first, and the unit is left to the walk when one would fail or a bound is within reach: PUT indexes
         dense and in order (no sparse memo), below :attr:`max_memo`; GETs of existing entries; two MARKs within
         MAX_MARK_DEPTH; the stack within MAX_STACK. The opcode bound cannot be reached (a pickle has fewer
-        opcodes than bytes, and :func:`ops_bound` allows one per byte). Past those checks only the calls can
-        fail, with the errors the walk would raise at the same calls. When f and g are the allowlist's
+        opcodes than bytes, and :func:`ops_bound` allows one per byte). Past those checks only the calls, and the
+        depth of a persistent id or argument tuple that holds a memoized tuple, can fail: in the walk's order, with
+        its errors. When f and g are the allowlist's
         ``_rebuild_tensor_v2`` and ``OrderedDict`` recorders, their bodies run inline (:func:`_rebuild_inline`);
         equal size tuples may be one tuple object (immutable: nothing can tell them apart but ``is``)."""
         if self._sparse or len(self.marks) + 3 > MAX_MARK_DEPTH:  # the record's two MARKs, a size's third
@@ -1457,7 +1458,10 @@ class Interpreter:
             offset = _int_at(raw, m.end(7) + 1)
             requires_grad = raw[m.start(12) - 1] == 0x88
             pid = (st, cls, skey, loc, numel)
-            # past the checks: the calls, in the walk's order (BINPERSID, g's REDUCE, f's REDUCE)
+            # past the checks: the effects that can fail, in the walk's order (the persistent id's TUPLE, BINPERSID,
+            # g's REDUCE, the arguments' TUPLE, f's REDUCE)
+            if type(st) is tuple or type(cls) is tuple or type(loc) is tuple:
+                tuple_depth(pid, tdepth)  # (raises past MAX_DEPTH, as op_tuple would)
             storage = persistent(pid)
             fast = hooks_inline.get(id(gg))
             if fast is None:
@@ -1468,6 +1472,8 @@ class Interpreter:
             else:
                 hooks = call(gg, ())
             args = (storage, offset, size[0], stride[0], requires_grad, hooks)
+            if type(storage) is tuple or type(hooks) is tuple:
+                tuple_depth(args, tdepth)
             fast = rebuild_inline.get(id(f))
             if fast is None:
                 fast = rebuild_inline[id(f)] = _inline_recorder(f) is _rebuild_tensor_v2
@@ -1484,10 +1490,6 @@ class Interpreter:
             else:
                 dense.extend((key, skey, pid, size[0], stride[0], hooks, args, tensor))
             stack.append(tensor)  # above its key
-            if type(st) is tuple or type(cls) is tuple or type(loc) is tuple:
-                tuple_depth(pid, tdepth)  # (raises past MAX_DEPTH, as op_tuple would)
-            if type(storage) is tuple or type(hooks) is tuple:
-                tuple_depth(args, tdepth)
             taken += 23 + size[1] + stride[1] + (p_size is not None) + (p_stride is not None)
             pos = m.end()
             # the next unit's key: BINUNICODE

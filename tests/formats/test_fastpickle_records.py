@@ -335,3 +335,29 @@ def test_record_dense_pickles_skip_the_guard(monkeypatch: pytest.MonkeyPatch) ->
     for data in (big, small, plain):
         unpickler.load(data, persistent_load=functools.partial(storage_ref, legacy=False))
     assert calls == [len(small), len(plain)]
+
+
+def test_a_tuple_too_deep_fails_where_the_walk_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record whose 'storage' GET names a memoized tuple MAX_DEPTH levels deep: its persistent id is one level
+    deeper, which the walk refuses at the id's TUPLE, before the reader's persistent_load sees the id."""
+
+    def x(text: bytes) -> bytes:
+        return b"X" + struct.pack("<I", len(text)) + text
+
+    deep = b"K\x01" + b"\x85" * unpickler.MAX_DEPTH  # (((1,),),...) at the depth limit
+    data = (
+        b"\x80\x02}q\x00("
+        + deep + b"q\x010"  # memo 1, popped: the memo entries a record GETs, made under the root's MARK
+        + b"ctorch._utils\n_rebuild_tensor_v2\nq\x020" + b"ctorch\nFloatStorage\nq\x030" + x(b"cpu") + b"q\x040"
+        + b"ccollections\nOrderedDict\nq\x050"
+        + x(b"a") + b"q\x06"  # the key, then the record with its 'storage' GET aimed at the deep tuple
+        + b"h\x02((h\x01h\x03" + x(b"0") + b"q\x07h\x04K\x04tq\x08QK\x00K\x04\x85q\x09K\x01\x85q\x0a\x89h\x05)Rq\x0btq\x0cRq\x0d"
+        + b"u."
+    )  # fmt: skip
+    assert len(_records(data)) == 1
+    got, _ = _reads(data, monkeypatch)
+    assert got[0] == "error" and "deeper than" in got[2]
+    # one level deep: the run takes the record, and the reader's persistent_load refuses the id ('storage' is a
+    # tuple), as in the walk; with the depth checked after that call, the deep case above would say this too
+    got, _ = _reads(data.replace(deep, b"K\x01\x85"), monkeypatch)
+    assert got[0] == "error" and "unexpected persistent id" in got[2]
