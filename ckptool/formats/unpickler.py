@@ -701,39 +701,33 @@ def make_global(module: str, name: str, *, torchscript: bool = False, inert: set
     return Global(module, name)
 
 
+def _torchscript_global(g: Global) -> bool:
+    """A global :func:`call` hands to :func:`_torchscript_call` (a TorchScript class or list helper)."""
+    return g.module.startswith("__torch__") or g.qualname.startswith("torch.jit._pickle.")
+
+
 def call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> Any:
     if not isinstance(func, Global):
         raise CorruptFileError(f"pickle calls a {type(func).__name__}, which is not a global")
     qual = func.qualname
-    if not kwargs:  # the common case first: an allowlisted recorder, called as below
-        handler = ALLOWED.get(qual)
-        if (
-            handler is not None
-            and not func.module.startswith("__torch__")
-            and not qual.startswith("torch.jit._pickle.")
-        ):
-            try:
-                return handler(*args)
-            except (CorruptFileError, UnsafePickleError):
-                raise
-            except (TypeError, ValueError, KeyError, IndexError) as e:
-                raise CorruptFileError(f"bad arguments to {qual}: {e}") from None
-    if func.module.startswith("__torch__") or qual.startswith("torch.jit._pickle."):
-        return _torchscript_call(func, args)
-    local = _LOCAL_ALLOWED.get()
-    if qual in ALLOWED:
-        handler = ALLOWED[qual]
-    elif qual in local:  # a format's own metadata class: its recorder, never the class
-        handler = local[qual]
-    elif is_inert(qual) or qual in _USER_ALLOWED.get():  # recorded, never constructed
-        handler = INERT.get(qual) or _opaque(qual)
-        kwargs = None
-    else:  # pragma: no cover - make_global refuses it first
-        handler = None
+    torchscript = _torchscript_global(func)
+    # the common case first: an allowlisted recorder without keyword arguments
+    handler = None if kwargs or torchscript else ALLOWED.get(qual)
     if handler is None:
-        raise UnsafePickleError(f"refusing to call {qual}: it is not callable in a checkpoint", global_name=qual)
-    if kwargs:
-        raise CorruptFileError(f"{qual} called with keyword arguments")
+        if torchscript:
+            return _torchscript_call(func, args)
+        local = _LOCAL_ALLOWED.get()
+        if qual in ALLOWED:
+            handler = ALLOWED[qual]
+        elif qual in local:  # a format's own metadata class: its recorder, never the class
+            handler = local[qual]
+        elif is_inert(qual) or qual in _USER_ALLOWED.get():  # recorded, never constructed
+            handler = INERT.get(qual) or _opaque(qual)
+            kwargs = None
+        if handler is None:  # pragma: no cover - make_global refuses it first
+            raise UnsafePickleError(f"refusing to call {qual}: it is not callable in a checkpoint", global_name=qual)
+        if kwargs:
+            raise CorruptFileError(f"{qual} called with keyword arguments")
     try:
         return handler(*args)
     except (CorruptFileError, UnsafePickleError):
@@ -1007,7 +1001,7 @@ def _int_at(raw: Any, i: int) -> int:
 
 def _inline_recorder(g: Any) -> Any:
     """The recorder :func:`call` runs for ``g(*args)`` (no kwargs) when it is an allowlisted one, else None."""
-    if not isinstance(g, Global) or g.module.startswith("__torch__") or g.qualname.startswith("torch.jit._pickle."):
+    if not isinstance(g, Global) or _torchscript_global(g):
         return None
     return ALLOWED.get(g.qualname)
 
