@@ -50,7 +50,17 @@ import struct
 from typing import Any
 
 from . import unpickler
-from .unpickler import MAX_DEPTH, MAX_MARK_DEPTH, MAX_STACK, check_nesting, make_global, memo_bound, ops_bound
+from .unpickler import (
+    MAX_DEPTH,
+    MAX_MARK_DEPTH,
+    MAX_STACK,
+    check_nesting,
+    make_global,
+    memo_bound,
+    ops_bound,
+    puts_follow,
+    token_index,
+)
 
 # A tuple whose expanded size (tuple nodes, shared ones counted each time) exceeds this goes to the pure path.
 # Real checkpoints build tuples of weight <= 5 (a persistent id, a tensor's size and stride).
@@ -376,13 +386,6 @@ _TENSOR = TENSOR_RECORD.match
 _RECORD_STACK = 64  # at most this many values above the record's start while it runs (3 + 2 x 32 ints)
 
 
-def _index(tok: bytes) -> int:
-    return tok[1] if len(tok) == 2 else int.from_bytes(tok[1:5], "little")
-
-
-_PUT_INDEXES = {k: struct.Struct("<" + "xI" * k).unpack for k in range(5, 8)}  # k LONG_BINPUT arguments at once
-
-
 def _tensor_record(m: re.Match[bytes], stack: list[int], marks: list[int], memo: list[int], max_memo: int) -> bool:
     """Apply a matched tensor record's effect to the guard's state (see above). False (nothing changed): a check
     failed or is too close to a bound to take in one step, and the walk reads the record opcode by opcode."""
@@ -395,9 +398,9 @@ def _tensor_record(m: re.Match[bytes], stack: list[int], marks: list[int], memo:
             return False
         cs, cc, cl = memo[st[1]], memo[cls[1]], memo[loc[1]]
     else:
-        if max(_index(f), _index(st), _index(cls), _index(loc), _index(g)) >= n:
+        if max(token_index(f), token_index(st), token_index(cls), token_index(loc), token_index(g)) >= n:
             return False
-        cs, cc, cl = memo[_index(st)], memo[_index(cls)], memo[_index(loc)]
+        cs, cc, cl = memo[token_index(st)], memo[token_index(cls)], memo[token_index(loc)]
     p = 1  # the persistent id's weight: 1 + the GET'd entries' weights (_weight, inlined)
     if cs > 0:
         p += cs - UNK if cs >= UNK else cs
@@ -414,29 +417,11 @@ def _tensor_record(m: re.Match[bytes], stack: list[int], marks: list[int], memo:
     else:  # a size or stride tuple without a PUT (torch does not memoize the empty tuple)
         puts = tuple(t for t in (kput, pput, sput, tput, hput, aput, vput) if t is not None)
         codes = (0, p, *([1] * (len(puts) - 5)), UNK + 1, w, UNK + w)
-    k = len(puts)
-    if n + k > max_memo:
-        return False
-    joined = b"".join(puts)
-    if len(joined) == 5 * k:  # all LONG_BINPUT (past the first 256 entries)
-        if _PUT_INDEXES[k](joined) != tuple(range(n, n + k)):
-            return False
-    elif [_index(t) for t in puts] != list(range(n, n + k)):
+    if n + len(puts) > max_memo or not puts_follow(puts, n):
         return False
     memo.extend(codes)
     stack.append(UNK + w)
     return True
-
-
-def tuple_opcodes(tok: bytes) -> int:
-    """How many opcodes a matched size / stride tuple (group 8 or 10 of a record) is."""
-    if tok == b")":
-        return 1
-    i, k = (1, 2) if tok[0] == 0x28 else (0, 1)  # MARK ... TUPLE, or ints then TUPLE1-3
-    while i < len(tok) - 1:
-        i += (2, 3, 5)[(0x4B, 0x4D, 0x4A).index(tok[i])]
-        k += 1
-    return k
 
 
 def _tensor_run(data: Any, pos: int, n: int, stack: list[int], marks: list[int], memo: list[int], max_memo: int) -> int:
@@ -543,4 +528,3 @@ def _fast_path(buf: Any, pos: int = 0, **kw: Any) -> tuple[Any, int] | None:
 
 unpickler.FAST_PATH = _fast_path
 unpickler.TENSOR_RECORD = TENSOR_RECORD
-unpickler.TUPLE_OPCODES = tuple_opcodes

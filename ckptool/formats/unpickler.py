@@ -1017,22 +1017,35 @@ def _rebuild_inline(args: tuple[Any, ...]) -> TensorRecord | None:
     return t
 
 
-def _ix(tok: bytes) -> int:
+# ---- tokens of a matched tensor record (``TENSOR_RECORD``), shared by the guard, the runs and scan's walk ----
+def token_index(tok: bytes) -> int:
     """The index of a matched GET / PUT token (the 1- or 4-byte form)."""
     return tok[1] if len(tok) == 2 else int(_U4(tok, 1)[0])
 
 
 _LONG_PUTS = {k: struct.Struct("<" + "xI" * k).unpack for k in range(5, 8)}  # k LONG_BINPUT indexes at once
+
+
+def puts_follow(puts: tuple[bytes, ...], start: int) -> bool:
+    """Whether a record's 5-7 PUT tokens number ``start``, ``start + 1``, ... (dense and in order, as op_put
+    appends them)."""
+    k = len(puts)
+    joined = b"".join(puts)
+    if len(joined) == 5 * k:  # all LONG_BINPUT (past the first 256 entries): one unpack
+        return _LONG_PUTS[k](joined) == tuple(range(start, start + k))
+    return [token_index(t) for t in puts] == list(range(start, start + k))
+
+
 _INT_TUPLES: dict[bytes, tuple[tuple[int, ...], int]] = {}  # matched size / stride bytes -> (value, opcodes)
 
 
-def _int_tuple(tok: bytes) -> tuple[tuple[int, ...], int]:
+def int_tuple(tok: bytes) -> tuple[tuple[int, ...], int]:
     """A matched size / stride tuple (EMPTY_TUPLE; 1-3 ints and TUPLE1-3; MARK, ints, TUPLE): its value and its
     opcode count; remembered in :data:`_INT_TUPLES` (a few thousand distinct shapes at most)."""
     got = _INT_TUPLES.get(tok)
     if got is None:
         vals = _int_values(tok)
-        got = (vals, 1 if not vals else len(vals) + (2 if tok[0] == 0x28 else 1))
+        got = (vals, 1 if tok == b")" else len(vals) + (2 if tok[0] == 0x28 else 1))
         if len(_INT_TUPLES) < 65536:
             _INT_TUPLES[tok] = got
     return got
@@ -1391,7 +1404,6 @@ class Interpreter:
         dense, stack, tdepth, limit = self._dense, self.stack, self.tdepth, self.limit
         persistent, max_memo = self.persistent_load, self.max_memo
         assert persistent is not None
-        tuples = _INT_TUPLES
         hooks_inline: dict[int, bool] = {}  # id(g) -> whether g is the OrderedDict recorder (run inline)
         rebuild_inline: dict[int, bool] = {}  # id(f) -> whether f is the _rebuild_tensor_v2 recorder
         taken = 0
@@ -1418,19 +1430,14 @@ class Interpreter:
             if len(t_f) + len(t_st) + len(t_cls) + len(t_loc) + len(t_g) == 10:
                 j_f, j_st, j_cls, j_loc, j_g = t_f[1], t_st[1], t_cls[1], t_loc[1], t_g[1]
             else:
-                j_f, j_st, j_cls, j_loc, j_g = (_ix(t) for t in (t_f, t_st, t_cls, t_loc, t_g))
+                j_f, j_st, j_cls, j_loc, j_g = (token_index(t) for t in (t_f, t_st, t_cls, t_loc, t_g))
             if j_f > n or j_st > n or j_cls > n or j_loc > n or j_g > n:
                 break
             # the PUTs: n + 1, n + 2, ... in order
             puts = (p_key, p_pid, p_size, p_stride, p_hooks, p_args, p_t)
             if p_size is None or p_stride is None:
                 puts = tuple(x for x in puts if x is not None)
-            k = len(puts)
-            joined = b"".join(puts)
-            if len(joined) == 5 * k:
-                if _LONG_PUTS[k](joined) != tuple(range(n + 1, n + 1 + k)):
-                    break
-            elif [_ix(x) for x in puts] != list(range(n + 1, n + 1 + k)):
+            if not puts_follow(puts, n + 1):
                 break
             try:
                 skey = str(t_key[5:], "utf-8", "surrogatepass")  # as pickletools reads BINUNICODE
@@ -1442,12 +1449,7 @@ class Interpreter:
             cls = key if j_cls == n else dense[j_cls]
             loc = key if j_loc == n else dense[j_loc]
             gg = key if j_g == n else dense[j_g]
-            size = tuples.get(t_size)
-            if size is None:
-                size = _int_tuple(t_size)
-            stride = tuples.get(t_stride)
-            if stride is None:
-                stride = _int_tuple(t_stride)
+            size, stride = int_tuple(t_size), int_tuple(t_stride)
             numel = _int_at(raw, m.end(6))
             offset = _int_at(raw, m.end(7) + 1)
             requires_grad = raw[m.start(12) - 1] == 0x88
@@ -1589,10 +1591,9 @@ class Interpreter:
         return stack[0], self.reader.tell()
 
 
-# torch's tensor record (a compiled pattern) and the opcode count of its size / stride tuples: formats/fastpickle.py
-# sets them; the collector then takes each record in one step (GlobalCollector._tensor_record)
+# torch's tensor record (a compiled pattern): formats/fastpickle.py sets it; the reading interpreter then takes runs
+# of records (Interpreter._tensor_run) and the collector each record (GlobalCollector._tensor_record) in one step
 TENSOR_RECORD: Any = None
-TUPLE_OPCODES: Callable[[bytes], int] = len
 
 # The C-unpickler fast path registers itself here when :mod:`ckptool.formats` is imported
 # (``formats/fastpickle.py`` imports this module, never the reverse: the import graph has no cycle). It returns
@@ -1808,23 +1809,18 @@ class GlobalCollector(Interpreter):
         n = len(dense)
         if self._sparse or len(self.marks) + 3 > MAX_MARK_DEPTH or len(self.stack) + 64 > MAX_STACK:
             return 0
-        for i in (0, 1, 2, 5, 11):  # the GETs
-            tok = g[i]
-            if (tok[1] if len(tok) == 2 else int.from_bytes(tok[1:5], "little")) >= n:
-                return 0
-        puts = [t for t in (g[4], g[6], g[8], g[10], g[12], g[13], g[14]) if t is not None]
-        if n + len(puts) > self.max_memo:
+        if max(token_index(g[i]) for i in (0, 1, 2, 5, 11)) >= n:  # the GETs
             return 0
-        for j, tok in enumerate(puts):
-            if (tok[1] if len(tok) == 2 else int.from_bytes(tok[1:5], "little")) != n + j:
-                return 0
+        puts = tuple(t for t in (g[4], g[6], g[8], g[10], g[12], g[13], g[14]) if t is not None)
+        if n + len(puts) > self.max_memo or not puts_follow(puts, n):
+            return 0
         try:
             key = str(g[3][5:], "utf-8", "surrogatepass")  # as pickletools reads BINUNICODE
         except UnicodeDecodeError:
             return 0
         if key[:1] == "\x80":  # (a nested pickle candidate: op_string records it)
             return 0
-        ops = 22 + TUPLE_OPCODES(g[7]) + TUPLE_OPCODES(g[9]) + (g[8] is not None) + (g[10] is not None)
+        ops = 22 + int_tuple(g[7])[1] + int_tuple(g[9])[1] + (g[8] is not None) + (g[10] is not None)
         dense.append(key)
         dense.extend([ANY] * (len(puts) - 1))
         self.push(ANY)
