@@ -284,26 +284,29 @@ class SignFlip:
         import numpy as np
 
         pos = start
-        for chunk in self._raw(source, where, start, stop, buf):
+        for chunk in _stored_chunks(self.inner, source, where, start, stop, buf):
             arr = np.frombuffer(chunk, dtype=np.uint8).copy()
             for b in self.flips:
                 arr[(b - pos) % self.itemsize :: self.itemsize] ^= 0x80
             pos += len(arr)
             yield arr.tobytes()
 
-    def _raw(
-        self, source: Source, where: ByteSource, start: int, stop: int, buf: bytearray
-    ) -> Iterator[bytes | memoryview]:
-        if self.inner is not None:
-            yield from self.inner.chunks(source, where, start, stop, buf)
-            return
-        mv = memoryview(buf)
-        pos = start
-        while pos < stop:
-            k = min(len(buf), stop - pos)
-            source.read_into(where.offset + pos, mv[:k])
-            yield mv[:k]
-            pos += k
+
+def _stored_chunks(
+    inner: Decoder | None, source: Source, where: ByteSource, start: int, stop: int, buf: bytearray
+) -> Iterator[bytes | memoryview]:
+    """What a view decoder (:class:`SignFlip`, :class:`IntNeg`) reads beneath it: its inner decoder's bytes (an
+    inflated record), or the stored bytes [start, stop) streamed through ``buf``."""
+    if inner is not None:
+        yield from inner.chunks(source, where, start, stop, buf)
+        return
+    mv = memoryview(buf)
+    pos = start
+    while pos < stop:
+        k = min(len(buf), stop - pos)
+        source.read_into(where.offset + pos, mv[:k])
+        yield mv[:k]
+        pos += k
 
 
 @dataclass(frozen=True)
@@ -321,8 +324,7 @@ class IntNeg:
 
         if start % self.itemsize:
             raise CorruptFileError(f"a read of a negated integer tensor starts inside an element (byte {start})")
-        raw = SignFlip(self.itemsize, (), self.inner)._raw(source, where, start, stop, buf)
-        for chunk in raw:
+        for chunk in _stored_chunks(self.inner, source, where, start, stop, buf):
             arr = np.frombuffer(chunk, dtype=f"<u{self.itemsize}")
             yield (np.zeros_like(arr) - arr).astype(f"<u{self.itemsize}").tobytes()
 
