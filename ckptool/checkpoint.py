@@ -417,6 +417,13 @@ class Checkpoint:
                 "(truncated?)",
                 path=where.path,
             )
+        yield from self._stored(src, where, start, stop, buf, storage.key)
+
+    def _stored(
+        self, src: Source, where: ByteSource, start: int, stop: int, buf: bytearray, label: object
+    ) -> Iterator[memoryview]:
+        """The stored bytes [start, stop) of ``where``, streamed through ``buf``. A read of the whole record checks
+        its CRC-32 (CorruptFileError naming the record, or ``label``, on a mismatch) and books it as checked."""
         mv = memoryview(buf)
         pos = start
         crc = where.crc32 if start == 0 and stop == where.nbytes else None  # the whole record: check its CRC
@@ -428,14 +435,10 @@ class Checkpoint:
                 run = zlib.crc32(mv[:k], run)
             yield mv[:k]
             pos += k
-        if crc is not None and run != crc:
-            raise CorruptFileError(
-                f"record {where.member or storage.key!r}: CRC-32 is {run:08x} but the zip directory says {crc:08x}: "
-                "the record was modified or damaged",
-                path=where.path,
-            )
         if crc is not None:
-            self._crc_checked(rec)
+            if run != crc:
+                raise CorruptFileError(crc_mismatch(where.member or label, run, crc), path=where.path)
+            self._crc_checked((where.path, where.offset))
 
     def _crc_checked(self, rec: tuple[str, int]) -> None:
         self._crc_ok.add(rec)
@@ -469,21 +472,11 @@ class Checkpoint:
             whole = replace(where, decoder=dec)
             buf = bytearray(min(CHUNK, max(where.nbytes, 1)))
             if dec is not None:
-                for _ in dec.chunks(src, whole, 0, whole.nbytes, buf):
-                    pass
+                chunks = dec.chunks(src, whole, 0, whole.nbytes, buf)
             else:
-                run, pos, mv = 0, 0, memoryview(buf)
-                while pos < whole.nbytes:
-                    k = min(len(buf), whole.nbytes - pos)
-                    src.read_into(whole.offset + pos, mv[:k])
-                    run = zlib.crc32(mv[:k], run)
-                    pos += k
-                if run != whole.crc32:
-                    raise CorruptFileError(
-                        f"record {whole.member or rec!r}: CRC-32 is {run:08x} but the zip directory says "
-                        f"{whole.crc32:08x}: the record was modified or damaged",
-                        path=whole.path,
-                    )
+                chunks = self._stored(src, whole, 0, whole.nbytes, buf, rec)
+            for _ in chunks:
+                pass
             self._crc_checked(rec)
             done.append(whole.member or f"{whole.path}@{whole.offset}")
         return done
@@ -582,6 +575,14 @@ def _swapped(chunk: bytes | memoryview, size: int) -> bytes:
     import numpy as np
 
     return np.frombuffer(chunk, dtype=np.uint8).reshape(-1, size)[:, ::-1].tobytes()
+
+
+def crc_mismatch(record: object, got: int, want: int) -> str:
+    """What every reader says of a zip record whose bytes do not match the CRC-32 its directory gives."""
+    return (
+        f"record {record!r}: CRC-32 is {got:08x} but the zip directory says {want:08x}: the record was modified or "
+        "damaged"
+    )
 
 
 def _checks_crc(decoder: Decoder | None) -> bool:

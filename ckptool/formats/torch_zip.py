@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
-from ..checkpoint import ByteSource, Checkpoint, StorageInfo
+from ..checkpoint import ByteSource, Checkpoint, StorageInfo, crc_mismatch
 from ..errors import CorruptFileError, UnsupportedFormatError
 from ..sources import CHUNK, Source, prefetch
 from . import _zipread as zr
@@ -93,18 +93,11 @@ class Inflate:
                 if pos >= stop:
                     break
         except zr.CRCError as e:
-            raise CorruptFileError(crc_message(self.member, e), path=source.name) from None
+            raise CorruptFileError(crc_mismatch(self.member, e.got, e.want), path=source.name) from None
         except zr.ZipError as e:
             raise CorruptFileError(f"cannot inflate {e.reason}", path=source.name) from None
         if pos < stop:
             raise CorruptFileError(f"{self.member!r} inflates to {pos} bytes, expected {stop}", path=source.name)
-
-
-def crc_message(member: str, e: zr.CRCError) -> str:
-    return (
-        f"record {member!r}: CRC-32 is {e.got:08x} but the zip directory says {e.want:08x}: the record was modified "
-        "or damaged"
-    )
 
 
 def _check_member(ar: zr.Archive, e: zr.Entry, path: str) -> int:
@@ -343,7 +336,7 @@ def _check_crc_of(src: Source, e: zr.Entry, off: int, path: str) -> None:
         for _ in zr.entry_chunks(src, off, e, bytearray(min(CHUNK, max(e.size, 1)))):
             pass
     except zr.CRCError as err:
-        raise CorruptFileError(crc_message(e.name, err), path=path) from None
+        raise CorruptFileError(crc_mismatch(e.name, err.got, err.want), path=path) from None
     except zr.ZipError as err:
         raise CorruptFileError(f"cannot read {err.reason}", path=path) from None
 
@@ -361,7 +354,7 @@ def _member_bytes(src: Source, ar: zr.Archive, e: zr.Entry, path: str, limit: in
     try:
         return zr.read_member(src, off, e, max_bytes=limit, check_crc=check_crc)
     except zr.CRCError as err:
-        raise CorruptFileError(crc_message(e.name, err), path=path) from None
+        raise CorruptFileError(crc_mismatch(e.name, err.got, err.want), path=path) from None
     except zr.ZipError as err:
         raise CorruptFileError(f"cannot read {err.reason}", path=path) from None
 
