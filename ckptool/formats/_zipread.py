@@ -202,6 +202,16 @@ class Archive:
             self._has_nul = b"\0" in b"".join([e.raw for e in self.entries])
         return self._has_nul
 
+    _cnames: list[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def cnames(self) -> list[bytes]:
+        """Every entry's name as C code sees it (:attr:`Entry.cname`), in directory order; built once."""
+        if self._cnames is None:
+            entries = self.entries
+            self._cnames = [e.cname for e in entries] if self.has_nul else [e.raw[:MAX_NAME] for e in entries]
+        return self._cnames
+
     def _index(self) -> None:
         lows = [e.raw.lower() for e in self.entries]
         n = len(lows)
@@ -956,7 +966,7 @@ def torch_view(ar: Archive) -> dict[str, Any]:
     return {"prefix": prefix, "records": names}
 
 
-# ---- PyTorchFileReader's own steps, for the differential tests (what torch accepts, reads and returns) ----
+# ---- PyTorchFileReader's own steps (what torch accepts, reads and returns): the reader's open checks, and the differential tests ----
 def torch_open_checks(ar: Archive, src: Source) -> None:
     """``PyTorchStreamReader::init`` after miniz: an archive name, the serialization id and the version
     record read (``.data/version``, else ``version``), the version parsed like ``std::stoull`` and in [1, 10]."""

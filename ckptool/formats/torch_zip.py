@@ -144,7 +144,7 @@ def findings(ar: zr.Archive) -> Iterator[tuple[str, str, str | None]]:
             yield ("zip-name-mismatch", message, where)
         else:
             yield ("parser-differential", message, where)
-    cnames = [e.cname for e in ar.entries] if ar.has_nul else [e.raw[: zr.MAX_NAME] for e in ar.entries]
+    cnames = ar.cnames
     pkls = [
         ar.entries[i].name
         for i, c in enumerate(cnames)
@@ -238,14 +238,13 @@ def read(src: Source, *, key: str | None = None) -> Checkpoint:
         ) from None
     prefix = ar.prefix
     assert prefix is not None  # (zip-outside is fatal)
-    plen = len(prefix) + 1
-    records = [e.cname[plen:] for e in ar.entries] if ar.has_nul else [e.raw[plen : zr.MAX_NAME] for e in ar.entries]
+    names, under = ar.cnames, prefix + b"/"  # (every name is under the archive folder: zip-outside is fatal)
     pkl = _record(ar, "data.pkl")
     if pkl is None:
-        hint = "a numpy .npz?" if any(r.endswith(b".npy") for r in records) else None
+        hint = "a numpy .npz?" if any(c.endswith(b".npy") for c in names) else None
         raise UnsupportedFormatError("zip archive without a data.pkl: not a torch checkpoint", path=path, hint=hint)
-    torchscript = b"constants.pkl" in records or any(r.startswith(b"code/") for r in records)
-    del records
+    code = under + b"code/"
+    torchscript = under + b"constants.pkl" in names or any(c.startswith(code) for c in names)
     byteorder = "little"
     bo = _record(ar, "byteorder")
     if bo is not None:
@@ -290,7 +289,8 @@ def read(src: Source, *, key: str | None = None) -> Checkpoint:
     # local headers were read for every entry at once: ``offsets``); anything unusual goes through _check_member
     base = prefix + b"/data/"
     locate = ar.locate
-    ok, data_at = ar.table().ok.tolist(), ar.table().data.tolist()
+    lt = ar.table()
+    ok, data_at = lt.ok.tolist(), lt.data.tolist()
     itemsize: dict[str, int] = {}
     for k, ref in refs.items():
         e = locate(base + k.encode())
@@ -377,8 +377,7 @@ def scan(ctx: ScanContext) -> None:
     multi = zr.multi_archive(ar, src)
     if multi:
         ctx.find("zip-multi-archive", f"{multi}: {DCP_HINT}", None)
-    records = [e.cname for e in ar.entries]
-    ctx.torchscript = any(b"/code/" in b"/" + n or n.endswith(b"constants.pkl") for n in records)
+    ctx.torchscript = any(b"/code/" in b"/" + n or n.endswith(b"constants.pkl") for n in ar.cnames)
     if ctx.torchscript:
         ctx.set_format("torchscript")
         ctx.note(
