@@ -288,12 +288,11 @@ def read(src: Source, *, key: str | None = None) -> Checkpoint:
     # per storage: the record located as ``get_record`` locates it, its size, and where its data starts (the
     # local headers were read for every entry at once: ``offsets``); anything unusual goes through _check_member
     base = prefix + b"/data/"
-    locate = ar.locate
     lt = ar.table()
     ok, data_at = lt.ok.tolist(), lt.data.tolist()
     itemsize: dict[str, int] = {}
-    for k, ref in refs.items():
-        e = locate(base + k.encode())
+    found = ar.locate_all([base + k.encode() for k in refs])
+    for (k, ref), e in zip(refs.items(), found, strict=True):
         if e is None:
             raise CorruptFileError(
                 f"storage record {prefix.decode('utf-8', 'replace') + '/data/' + k!r} is missing from the archive",
@@ -309,12 +308,12 @@ def read(src: Source, *, key: str | None = None) -> Checkpoint:
         off = data_at[e.index]
         if h[4] != 0 or h[3] & 0x61 or not ok[e.index] or off + h[8] > ar.size:
             off = _check_member(ar, e, path)  # deflated, encrypted, no local header, past the end: the checks say
-        stored = h[4] == 0
-        bs = ByteSource(
-            path=path, offset=off, nbytes=e.size, member=e.name, compressed=not stored,
-            decoder=None if stored else Inflate(e.name, e.comp_size), crc32=e.crc,
-        )  # fmt: skip
-        storages[k] = StorageInfo(key=k, dtype=ref.dtype, numel=ref.numel, location=ref.location, source=bs)
+        if h[4] == 0:  # stored (ByteSource's fields in order: path, offset, nbytes, member, compressed, encoding,
+            # decoder, crc32)
+            bs = ByteSource(path, off, h[9], e.name, False, "raw", None, h[7])
+        else:
+            bs = ByteSource(path, off, h[9], e.name, True, "raw", Inflate(e.name, h[8]), h[7])
+        storages[k] = StorageInfo(k, ref.dtype, ref.numel, ref.location, bs)
 
     fmt = "torchscript" if torchscript else NAME
     meta: dict[str, Any] = {"archive_prefix": prefix.decode("utf-8", "replace"), "byteorder": byteorder}

@@ -114,7 +114,7 @@ class Global(_Recorded):
         return call(self, args)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)  # (not frozen: a frozen dataclass's __init__ costs 1 us more per tensor)
 class StorageRef(_Recorded):
     """A persistent-id storage reference: ('storage', <class>, key, location, numel[, view_metadata])."""
 
@@ -1006,17 +1006,6 @@ def _inline_recorder(g: Any) -> Any:
     return ALLOWED.get(g.qualname)
 
 
-def _rebuild_inline(args: tuple[Any, ...]) -> TensorRecord | None:
-    """:func:`_rebuild_tensor_v2` on a tensor record's arguments (an int offset, exact int tuples, a bool, no
-    metadata), or None where one of its checks fails: :func:`call` then runs it and raises its error."""
-    storage, offset, size, stride, requires_grad, _ = args
-    if not isinstance(storage, StorageRef) or offset < 0 or len(size) != len(stride) or (size and min(size) < 0):
-        return None
-    t = TensorRecord(storage, offset, size, stride, storage.dtype)
-    t.requires_grad = requires_grad
-    return t
-
-
 # ---- tokens of a matched tensor record (``TENSOR_RECORD``), shared by the guard, the runs and scan's walk ----
 def token_index(tok: bytes) -> int:
     """The index of a matched GET / PUT token (the 1- or 4-byte form)."""
@@ -1251,6 +1240,10 @@ class Interpreter:
         d = _target(self.stack, dict, self.where)
         if len(items) % 2:
             raise CorruptFileError(f"{self.where}: SETITEMS with an odd number of items")
+        keys = items[0::2]
+        if set(map(type, keys)) == {str}:  # a state_dict's batch: strings hash as they are (what _hashable says)
+            d.update(zip(keys, items[1::2], strict=True))
+            return
         for i in range(0, len(items), 2):
             d[_hashable(items[i], self.tdepth)] = items[i + 1]
 
@@ -1396,7 +1389,8 @@ class Interpreter:
         opcodes than bytes, and :func:`ops_bound` allows one per byte). Past those checks only the calls, and the
         depth of a persistent id or argument tuple that holds a memoized tuple, can fail: in the walk's order, with
         its errors. When f and g are the allowlist's
-        ``_rebuild_tensor_v2`` and ``OrderedDict`` recorders, their bodies run inline (:func:`_rebuild_inline`);
+        ``_rebuild_tensor_v2`` and ``OrderedDict`` recorders, their bodies run inline (the recorder's
+        checks on the size, stride, offset and storage made once per distinct size and stride);
         equal size tuples may be one tuple object (immutable: nothing can tell them apart but ``is``)."""
         if self._sparse or len(self.marks) + 3 > MAX_MARK_DEPTH:  # the record's two MARKs, a size's third
             return 0
@@ -1404,8 +1398,11 @@ class Interpreter:
         dense, stack, tdepth, limit = self._dense, self.stack, self.tdepth, self.limit
         persistent, max_memo = self.persistent_load, self.max_memo
         assert persistent is not None
-        hooks_inline: dict[int, bool] = {}  # id(g) -> whether g is the OrderedDict recorder (run inline)
-        rebuild_inline: dict[int, bool] = {}  # id(f) -> whether f is the _rebuild_tensor_v2 recorder
+        # the five GET tokens (f, 'storage', class, location, g) -> the entries they name and what follows from
+        # them: valid for this run (the memo only grows here, and dense entries are never rewritten), kept only
+        # for tokens naming entries made before the unit (never the unit's own key)
+        resolved: dict[tuple[bytes, ...], tuple[Any, ...]] = {}
+        shapes: dict[tuple[bytes, bytes], tuple[Any, ...]] = {}  # size and stride tokens -> their values
         taken = 0
         while True:
             if pos + 2 > limit:
@@ -1426,67 +1423,86 @@ class Interpreter:
             t_f, t_st, t_cls, t_key, p_key, t_loc, p_pid, t_size, p_size, t_stride, p_stride, t_g, p_hooks, p_args, p_t = (
                 m.groups()
             )  # fmt: skip
-            # the GETs: entries made before the record (n: the key, memoized first)
-            if len(t_f) + len(t_st) + len(t_cls) + len(t_loc) + len(t_g) == 10:
-                j_f, j_st, j_cls, j_loc, j_g = t_f[1], t_st[1], t_cls[1], t_loc[1], t_g[1]
-            else:
-                j_f, j_st, j_cls, j_loc, j_g = (token_index(t) for t in (t_f, t_st, t_cls, t_loc, t_g))
-            if j_f > n or j_st > n or j_cls > n or j_loc > n or j_g > n:
-                break
+            key = stack[-1]  # the unit's key (memo entry n)
+            gets = (t_f, t_st, t_cls, t_loc, t_g)
+            got = resolved.get(gets)
+            if got is None:
+                # the GETs: entries made before the record (n: the key, memoized first)
+                js: tuple[int, ...]
+                if len(t_f) + len(t_st) + len(t_cls) + len(t_loc) + len(t_g) == 10:
+                    js = (t_f[1], t_st[1], t_cls[1], t_loc[1], t_g[1])
+                else:
+                    js = tuple(token_index(t) for t in gets)
+                if max(js) > n:
+                    break
+                f, st, cls, loc, gg = (key if j == n else dense[j] for j in js)
+                got = (
+                    f, st, cls, loc, gg,
+                    type(st) is tuple or type(cls) is tuple or type(loc) is tuple,  # the pid's depth to check
+                    _inline_recorder(gg) is _ordered_dict,  # g() and f(...) run inline
+                    _inline_recorder(f) is _rebuild_tensor_v2,
+                )  # fmt: skip
+                if max(js) < n:
+                    resolved[gets] = got
+            f, st, cls, loc, gg, deep, hooks_fast, rebuild_fast = got
             # the PUTs: n + 1, n + 2, ... in order
-            puts = (p_key, p_pid, p_size, p_stride, p_hooks, p_args, p_t)
             if p_size is None or p_stride is None:
-                puts = tuple(x for x in puts if x is not None)
-            if not puts_follow(puts, n + 1):
-                break
+                puts = tuple(x for x in (p_key, p_pid, p_size, p_stride, p_hooks, p_args, p_t) if x is not None)
+                if not puts_follow(puts, n + 1):
+                    break
+            else:
+                joined = p_key + p_pid + p_size + p_stride + p_hooks + p_args + p_t
+                if len(joined) == 35:  # seven LONG_BINPUTs (past the first 256 entries): one unpack
+                    if _LONG_PUTS[7](joined) != tuple(range(n + 1, n + 8)):
+                        break
+                elif not puts_follow((p_key, p_pid, p_size, p_stride, p_hooks, p_args, p_t), n + 1):
+                    break
             try:
                 skey = str(t_key[5:], "utf-8", "surrogatepass")  # as pickletools reads BINUNICODE
             except UnicodeDecodeError:
                 break
-            key = stack[-1]  # the unit's key (memo entry n)
-            f = key if j_f == n else dense[j_f]
-            st = key if j_st == n else dense[j_st]
-            cls = key if j_cls == n else dense[j_cls]
-            loc = key if j_loc == n else dense[j_loc]
-            gg = key if j_g == n else dense[j_g]
-            size, stride = int_tuple(t_size), int_tuple(t_stride)
+            shape = shapes.get((t_size, t_stride))
+            if shape is None:
+                size, stride = int_tuple(t_size), int_tuple(t_stride)
+                # (the record's size and stride, their opcodes, and whether the recorder's shape checks pass)
+                shape = (
+                    size[0], stride[0], size[1] + stride[1], len(size[0]) == len(stride[0]) and min(size[0], default=0) >= 0
+                )  # fmt: skip
+                if len(shapes) < 65536:
+                    shapes[(t_size, t_stride)] = shape
+            sz, sd, nops, shape_ok = shape
             numel = _int_at(raw, m.end(6))
             offset = _int_at(raw, m.end(7) + 1)
             requires_grad = raw[m.start(12) - 1] == 0x88
             pid = (st, cls, skey, loc, numel)
             # past the checks: the effects that can fail, in the walk's order (the persistent id's TUPLE, BINPERSID,
             # g's REDUCE, the arguments' TUPLE, f's REDUCE)
-            if type(st) is tuple or type(cls) is tuple or type(loc) is tuple:
+            if deep:
                 tuple_depth(pid, tdepth)  # (raises past MAX_DEPTH, as op_tuple would)
             storage = persistent(pid)
-            fast = hooks_inline.get(id(gg))
-            if fast is None:
-                fast = hooks_inline[id(gg)] = _inline_recorder(gg) is _ordered_dict
-            if fast:
+            if hooks_fast:
                 hooks: Any = PickledDict()
                 hooks.kind = "OrderedDict"
             else:
                 hooks = call(gg, ())
-            args = (storage, offset, size[0], stride[0], requires_grad, hooks)
+            args = (storage, offset, sz, sd, requires_grad, hooks)
             if type(storage) is tuple or type(hooks) is tuple:
                 tuple_depth(args, tdepth)
-            fast = rebuild_inline.get(id(f))
-            if fast is None:
-                fast = rebuild_inline[id(f)] = _inline_recorder(f) is _rebuild_tensor_v2
-            tensor = _rebuild_inline(args) if fast else None
-            if tensor is None:
+            if rebuild_fast and shape_ok and type(storage) is StorageRef and offset >= 0:
+                tensor = TensorRecord(storage, offset, sz, sd, storage.dtype, requires_grad)  # the recorder, inline
+            else:
                 tensor = call(f, args)
             if p_size is None or p_stride is None:
                 dense.extend((key, skey, pid))
                 if p_size is not None:
-                    dense.append(size[0])
+                    dense.append(sz)
                 if p_stride is not None:
-                    dense.append(stride[0])
+                    dense.append(sd)
                 dense.extend((hooks, args, tensor))
             else:
-                dense.extend((key, skey, pid, size[0], stride[0], hooks, args, tensor))
+                dense.extend((key, skey, pid, sz, sd, hooks, args, tensor))
             stack.append(tensor)  # above its key
-            taken += 23 + size[1] + stride[1] + (p_size is not None) + (p_stride is not None)
+            taken += 23 + nops + (p_size is not None) + (p_stride is not None)
             pos = m.end()
             # the next unit's key: BINUNICODE
             if pos + 5 > limit or raw[pos] != 0x58:
@@ -1966,20 +1982,25 @@ def _kids(obj: Any) -> list[Any]:
     return []
 
 
+_NESTS = (dict, list, tuple, set, frozenset, Opaque)  # what can hold other objects
+
+
 def check_nesting(root: Any, where: str = "pickle") -> None:
     """Refuse an object graph nested deeper than MAX_DEPTH (iterative; each node visited once; cycles allowed)."""
-    if not isinstance(root, (dict, list, tuple, set, frozenset, Opaque)):
+    if not isinstance(root, _NESTS):
         return
     height: dict[int, int] = {}
     on_path: set[int] = set()
     keep: list[Any] = []  # keeps visited objects alive, so their ids stay unique
-    todo: list[tuple[Any, bool]] = [(root, False)]
+    # (object, None) to visit; (object, its children that can hold others) when they are done (a leaf child,
+    # a string or a tensor record, adds nothing to a height: a state_dict's 100k of them are filtered out once)
+    todo: list[tuple[Any, list[Any] | None]] = [(root, None)]
     while todo:
-        obj, done = todo.pop()
+        obj, kids = todo.pop()
         oid = id(obj)
-        if done:
+        if kids is not None:
             on_path.discard(oid)
-            h = 1 + max((height.get(id(c), 0) for c in _kids(obj)), default=0)
+            h = 1 + max([height.get(id(c), 0) for c in kids], default=0)
             if h > MAX_DEPTH:
                 raise CorruptFileError(f"{where}: objects nest deeper than {MAX_DEPTH} levels")
             height[oid] = h
@@ -1990,8 +2011,9 @@ def check_nesting(root: Any, where: str = "pickle") -> None:
             raise CorruptFileError(f"{where}: objects nest deeper than {MAX_DEPTH} levels")
         on_path.add(oid)
         keep.append(obj)
-        todo.append((obj, True))
-        todo.extend((c, False) for c in _kids(obj) if isinstance(c, (dict, list, tuple, set, frozenset, Opaque)))
+        kids = [c for c in _kids(obj) if isinstance(c, _NESTS)]
+        todo.append((obj, kids))
+        todo.extend([(c, None) for c in kids])
 
 
 def _hashable(k: Any, cache: TupleDepths | None = None) -> Any:
