@@ -83,12 +83,12 @@ class CkptGroup(TyperGroup):
         return result
 
     def invoke(self, ctx: Context) -> Any:
-        from ..sources import remote
-
         _output.reset()
-        remote.STATS.reset()
-        remote.set_timeout(None)
-        remote.set_download(False)
+        remote = sys.modules.get("ckptool.sources.remote")
+        if remote is not None:  # an earlier command in this process read a URL (never imported: nothing to reset)
+            remote.STATS.reset()
+            remote.set_timeout(None)
+            remote.set_download(False)
         # before the command parses its options (a usage error there still answers in JSON)
         args = [*getattr(ctx, "_protected_args", []), *ctx.args]
         ctx.meta["ckptool.json"] = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
@@ -138,7 +138,9 @@ class CkptGroup(TyperGroup):
                 error_object("InternalError", msg, hint="rerun with CKPTOOL_DEBUG=1 for a traceback"),
             ) from None
         finally:
-            remote.cleanup_downloads()  # --download's copies, on every exit path (errors, Ctrl-C, SIGTERM)
+            remote = sys.modules.get("ckptool.sources.remote")  # (imported by the command when it read a URL)
+            if remote is not None:
+                remote.cleanup_downloads()  # --download's copies, on every exit path (errors, Ctrl-C, SIGTERM)
             last = _output.current()
             if last is not None:
                 last.flush()

@@ -27,9 +27,10 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing o
 
 
 def _timeout(value: float | None) -> float | None:
-    from ..sources import remote
+    if value is not None:  # (no --timeout: the group's invoke reset it; remote sources are imported when used)
+        from ..sources import remote
 
-    remote.set_timeout(value)
+        remote.set_timeout(value)
     return value
 
 
@@ -48,11 +49,11 @@ TimeoutOpt = Annotated[
 
 
 def _download(value: bool) -> bool:
-    from ..sources import remote
-
     if value:
         import signal
         import sys
+
+        from ..sources import remote
 
         remote.set_download(True)
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # a kill still removes the downloaded copies

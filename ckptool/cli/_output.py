@@ -94,6 +94,12 @@ def _default(o: Any) -> Any:
     return str(o)
 
 
+def _remote_module() -> Any:
+    """ckptool's remote-source module when the command imported it, else None: nothing was read from a URL (and
+    importing it here, with http.client and ssl, cost every local command 25 ms)."""
+    return sys.modules.get("ckptool.sources.remote")
+
+
 def encode_json(obj: Any) -> str:
     """The one JSON encoder of the CLI: strict (no NaN / Infinity tokens), UTF-8 text, one line.
 
@@ -318,9 +324,8 @@ class Output:
         """The one JSON object of a ``--json`` run (see :func:`encode_json`). When the command read a URL, a
         result object also says what it cost: ``bytes_fetched`` and ``requests``."""
         self.json_written = True
-        from ..sources import remote
-
-        if isinstance(obj, dict) and "error" not in obj and remote.STATS.requests:
+        remote = _remote_module()
+        if remote is not None and isinstance(obj, dict) and "error" not in obj and remote.STATS.requests:
             obj = {**obj, "bytes_fetched": remote.STATS.bytes_fetched, "requests": remote.STATS.requests}
         self._write(encode_json(obj) + "\n")
 
@@ -340,9 +345,8 @@ class Output:
 
     def fetched(self) -> None:
         """``fetched 212 KB in 3 requests`` on stderr, when the command read a URL (not in JSON mode)."""
-        from ..sources import remote
-
-        line = remote.summary()
+        remote = _remote_module()
+        line = remote.summary() if remote is not None else ""
         if line and self.mode != "json":
             self._err(line)
 

@@ -81,15 +81,27 @@ class Entry:
     """One central directory entry, with miniz's view of its fields (zip64 values applied). Built cheaply from
     the raw 46-byte header tuple (100k entries parse in a fraction of a second); fields are properties."""
 
-    __slots__ = ("h", "index", "local", "raw", "zip64_extra")
+    __slots__ = ("_at", "_cd", "_h", "index", "local", "raw", "zip64_extra")
 
-    def __init__(self, index: int, h: tuple[int, ...], raw: bytes, zip64_extra: bool = False):
+    def __init__(
+        self, index: int, h: tuple[int, ...] | None, raw: bytes, zip64_extra: bool = False, cd: bytes = b"", at: int = 0
+    ):
         self.index = index
-        self.h = h  # _CDH fields: sig, made-by, needed, flags, method, time, date, crc, comp, size, name len,
-        # extra len, comment len, disk, internal attr, external attr, local header offset
+        # the header fields (``h``): given (zip64 values applied), or None: read again from the directory bytes
+        # ``cd`` at ``at`` when asked for. A 17-int tuple per entry is ~300 bytes: 30 MB at 100k entries.
+        self._h = h
+        self._cd = cd
+        self._at = at
         self.raw = raw
         self.zip64_extra = zip64_extra
         self.local: tuple[int, ...] | bool | None = False  # the local header, once read (None: there is none)
+
+    @property
+    def h(self) -> tuple[int, ...]:
+        """_CDH fields: sig, made-by, needed, flags, method, time, date, crc, comp, size, name len, extra len,
+        comment len, disk, internal attr, external attr, local header offset (zip64 values applied)."""
+        h = self._h
+        return _CDH.unpack_from(self._cd, self._at) if h is None else h
 
     @property
     def name(self) -> str:
@@ -533,9 +545,10 @@ def _parse_cd(
             raise ZipError(f"central directory entry {i} has a bad signature")
         _s, _vm, _vn, flags, method, time, _d, _c, comp, usize, fn_len, ex_len, cm_len, disk, _ia, _ea, lho = h
         z64x = False
+        kept: tuple[int, ...] | None = None  # (the fields are read again from cd, unless zip64 values changed them)
         if ex_len and (comp == u32 or usize == u32 or lho == u32):
             comp, usize, lho, z64x = _zip64_extra(cd, p, i, fn_len, ex_len, comp, usize, lho, cd_ofs, get)
-            h = (*h[:8], comp, usize, *h[10:16], lho)
+            kept = (*h[:8], comp, usize, *h[10:16], lho)
             patched.append(i)
         # MZ_READ_LE32 at the method offset reads method *and* time: only both zero make it "stored"
         if ((usize != comp and not method and not time) or (usize and not comp)) and comp != u32 and usize != u32:
@@ -549,7 +562,7 @@ def _parse_cd(
         rec = hs + fn_len + ex_len + cm_len
         if rec > n - p:
             raise ZipError(f"central directory entry {i} runs past the directory")
-        append(make(i, h, cd[p + hs : p + hs + fn_len], z64x))
+        append(make(i, kept, cd[p + hs : p + hs + fn_len], z64x, cd, p))
         mark(p)
         p += rec
     return entries, positions, patched, p

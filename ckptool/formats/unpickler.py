@@ -165,6 +165,13 @@ class PickledDict(_Recorded, dict):  # type: ignore[type-arg]
     state: Any = None
 
 
+class PickledOrderedDict(PickledDict):
+    """An ``OrderedDict``: its kind a class attribute (torch writes an empty one, the backward hooks, with every
+    tensor: setting ``kind`` on each gave each a ``__dict__``, 10 MB at 100k tensors)."""
+
+    kind = "OrderedDict"
+
+
 @dataclass
 class Opaque(_Recorded):
     """An allowed object that ckptool does not model (numpy arrays, TorchScript objects, ...)."""
@@ -182,8 +189,7 @@ class Opaque(_Recorded):
 # The allowlist: qualified name -> recorder
 # --------------------------------------------------------------------------------------------
 def _ordered_dict(*args: Any) -> PickledDict:
-    d = PickledDict()
-    d.kind = "OrderedDict"
+    d = PickledOrderedDict()
     if args and args[0]:
         for k, v in args[0]:
             d[k] = v
@@ -1481,8 +1487,7 @@ class Interpreter:
                 tuple_depth(pid, tdepth)  # (raises past MAX_DEPTH, as op_tuple would)
             storage = persistent(pid)
             if hooks_fast:
-                hooks: Any = PickledDict()
-                hooks.kind = "OrderedDict"
+                hooks: Any = PickledOrderedDict()  # (_ordered_dict with no arguments)
             else:
                 hooks = call(gg, ())
             args = (storage, offset, sz, sd, requires_grad, hooks)
