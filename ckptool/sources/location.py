@@ -30,10 +30,11 @@ def open_source(path: str | os.PathLike[str], *, allow_empty: bool = True) -> An
     """A local file (or a URL: :mod:`ckptool.sources.remote`) as a Source; every failure is a
     :class:`~ckptool.errors.CkptError` naming it. (Here, not in :mod:`.local`: the remote sources build on
     :class:`~.local.LocalFile` for ``--download``, so the local file may not import them.)"""
-    from .remote import is_url, open_url
+    if isinstance(path, str) and "://" in path:  # (every URL has one; the remote sources import http.client, ssl)
+        from .remote import is_url, open_url
 
-    if is_url(path):
-        return open_url(str(path), allow_empty=allow_empty)
+        if is_url(path):
+            return open_url(path, allow_empty=allow_empty)
     return LocalFile(path, allow_empty=allow_empty)
 
 
