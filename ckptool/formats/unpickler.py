@@ -1405,8 +1405,8 @@ class Interpreter:
         persistent, max_memo = self.persistent_load, self.max_memo
         assert persistent is not None
         # the five GET tokens (f, 'storage', class, location, g) -> the entries they name and what follows from
-        # them: valid for this run (the memo only grows here, and dense entries are never rewritten), kept only
-        # for tokens naming entries made before the unit (never the unit's own key)
+        # them: valid for this run (while it runs, only it touches the memo, and it only appends), kept only for
+        # tokens naming entries made before the unit (never the unit's own key)
         resolved: dict[tuple[bytes, ...], tuple[Any, ...]] = {}
         shapes: dict[tuple[bytes, bytes], tuple[Any, ...]] = {}  # size and stride tokens -> their values
         taken = 0
