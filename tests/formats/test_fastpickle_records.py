@@ -307,6 +307,30 @@ def test_retargeted_gets_read_the_same(group: int, what: str, target: str, monke
         assert got[0] == "error"
 
 
+@pytest.mark.parametrize("group", [1, 2, 3, 6, 12])
+@pytest.mark.parametrize("target", ["same", "pid", "global"])
+def test_one_retargeted_get_in_many_units_reads_the_same(
+    group: int, target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same changed GET in 1,900 consecutive units (a run resolves each distinct set of GET tokens once and
+    reuses it): the entry it named, now as a LONG_BINGET (valid), an earlier persistent id, or another global.
+    The objects, or the error, are the opcode-by-opcode walk's; a valid change is still read a run at a time."""
+    data = data_pkl(_state_dicts()["big"])
+    recs = _records(data)
+    b = bytearray(data)
+    if target == "same":
+        idx = unpickler.token_index(recs[100].group(group))
+        recs = [r for r in recs if unpickler.token_index(r.group(group)) == idx]  # (the class GET: one dtype's)
+    else:
+        idx = (
+            _put_index(recs[10].start(7), b) if target == "pid" else data[recs[20].start(12 if group != 12 else 1) + 1]
+        )
+    got, taken = _reads(_retarget(data, recs[100:], group, idx), monkeypatch)
+    if target == "same":
+        assert got[0] == "ok" and got[1] == _reads(data, monkeypatch)[0][1]  # (the same objects; 3 bytes a GET longer)
+        assert sum(taken) > 1800 * 25  # the changed units went through the runs
+
+
 def test_a_negative_size_is_the_recorders_error(monkeypatch: pytest.MonkeyPatch) -> None:
     data = data_pkl({"a": torch.zeros(2), "b": torch.zeros(3), "c": torch.zeros(4)})
     rec = _records(data)[-1]
