@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Annotated
 
@@ -84,8 +85,13 @@ for _name, _fn, _short in COMMANDS:
 def run() -> None:
     """Console-script entry point."""
     # numpy's bundled OpenBLAS starts a thread per core when numpy is imported, and they spin: 0.07-0.1 s of CPU
-    # per command here (a third of a small file's `scan`). ckptool's own numpy work is elementwise (archive
-    # checks, value statistics), never BLAS. Only this process's numpy reads it (at load); torch's and
-    # onnxruntime's thread pools are set by their own settings. A value the user set is kept.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # per command here (a third of a small file's `scan`). The torch-free commands' numpy work is elementwise
+    # (archive checks, value statistics), never BLAS, so they keep it to one thread. Not the commands that may
+    # run torch (predict, parity, export --onnx, check with a custom module): a torch build that links OpenBLAS
+    # (aarch64) could read the same variable. A value the user set is kept.
+    if sys.argv[1:2] and sys.argv[1] in _NUMPY_ONLY:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     app()
+
+
+_NUMPY_ONLY = frozenset({"inspect", "scan", "diff", "extract", "layers", "archs", "labels"})  # never import torch

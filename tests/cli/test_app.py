@@ -56,3 +56,12 @@ def test_the_users_blas_setting_is_kept() -> None:
     tasks, blas, numpy, _, _ = _probe(["scan", str(FIXTURE)], _env(OPENBLAS_NUM_THREADS="2"))
     assert numpy == "True" and blas == "2"
     assert int(tasks) >= 2  # numpy's BLAS started its second thread, as the user asked
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_commands_that_may_run_torch_leave_blas_alone() -> None:
+    """predict, parity, export (--onnx) and check (a custom module) may import torch, whose OpenBLAS build
+    (aarch64) could read the same variable: the CLI does not set it for them."""
+    for command in ("predict", "parity", "export", "check"):
+        _, blas, _, _, _ = _probe([command, "--help"], _env())
+        assert blas == "None", command
