@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - older typer on the real click
     from click import UsageError as ClickUsageError  # type: ignore[assignment,no-redef]
 
 from ..errors import CkptError, FindingsError, WeightsMismatchError
+from ..sources import loaded_remote
 from . import _output
 
 
@@ -84,8 +85,8 @@ class CkptGroup(TyperGroup):
 
     def invoke(self, ctx: Context) -> Any:
         _output.reset()
-        remote = sys.modules.get("ckptool.sources.remote")
-        if remote is not None:  # an earlier command in this process read a URL (never imported: nothing to reset)
+        remote = loaded_remote()
+        if remote is not None:  # an earlier command in this process read a URL
             remote.STATS.reset()
             remote.set_timeout(None)
             remote.set_download(False)
@@ -138,7 +139,7 @@ class CkptGroup(TyperGroup):
                 error_object("InternalError", msg, hint="rerun with CKPTOOL_DEBUG=1 for a traceback"),
             ) from None
         finally:
-            remote = sys.modules.get("ckptool.sources.remote")  # (imported by the command when it read a URL)
+            remote = loaded_remote()  # (imported by the command when it read a URL)
             if remote is not None:
                 remote.cleanup_downloads()  # --download's copies, on every exit path (errors, Ctrl-C, SIGTERM)
             last = _output.current()

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 from .._gc import paused_gc
+from ..sources import loaded_remote
 
 Mode = Literal["rich", "plain", "json"]
 Part = str | tuple[str, str]  # a piece of a line: text, or (text, rich style)
@@ -92,12 +93,6 @@ def _default(o: Any) -> Any:
     if isinstance(o, os.PathLike):
         return os.fspath(o)
     return str(o)
-
-
-def _remote_module() -> Any:
-    """ckptool's remote-source module when the command imported it, else None: nothing was read from a URL (and
-    importing it here, with http.client and ssl, cost every local command 25 ms)."""
-    return sys.modules.get("ckptool.sources.remote")
 
 
 def encode_json(obj: Any) -> str:
@@ -324,7 +319,7 @@ class Output:
         """The one JSON object of a ``--json`` run (see :func:`encode_json`). When the command read a URL, a
         result object also says what it cost: ``bytes_fetched`` and ``requests``."""
         self.json_written = True
-        remote = _remote_module()
+        remote = loaded_remote()
         if remote is not None and isinstance(obj, dict) and "error" not in obj and remote.STATS.requests:
             obj = {**obj, "bytes_fetched": remote.STATS.bytes_fetched, "requests": remote.STATS.requests}
         self._write(encode_json(obj) + "\n")
@@ -345,7 +340,7 @@ class Output:
 
     def fetched(self) -> None:
         """``fetched 212 KB in 3 requests`` on stderr, when the command read a URL (not in JSON mode)."""
-        remote = _remote_module()
+        remote = loaded_remote()
         line = remote.summary() if remote is not None else ""
         if line and self.mode != "json":
             self._err(line)

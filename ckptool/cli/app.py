@@ -82,6 +82,9 @@ for _name, _fn, _short in COMMANDS:
     app.command(_name, cls=CkptCommand, short_help=_short)(_fn)
 
 
+_NUMPY_ONLY = frozenset({"inspect", "scan", "diff", "extract", "layers", "archs", "labels"})  # never import torch
+
+
 def run() -> None:
     """Console-script entry point."""
     # numpy's bundled OpenBLAS starts a thread per core when numpy is imported, and they spin: 0.07-0.1 s of CPU
@@ -92,6 +95,3 @@ def run() -> None:
     if sys.argv[1:2] and sys.argv[1] in _NUMPY_ONLY:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     app()
-
-
-_NUMPY_ONLY = frozenset({"inspect", "scan", "diff", "extract", "layers", "archs", "labels"})  # never import torch

@@ -391,10 +391,7 @@ def to_tensor_info(
         name, rec.dtype, shape, st, offset, None if stride == contiguous_stride(shape) else stride,
         rec.is_parameter, rec.requires_grad, False, None if rec.quant is None else _quantization(rec),
     )  # fmt: skip
-    if t.stride is None:  # C-contiguous: the span is its own elements (what t.span() says)
-        lo, hi = offset, offset + t.numel
-    else:
-        lo, hi = t.span()
+    lo, hi = t.span()
     if lo < 0 or hi * t.itemsize > st.nbytes:
         raise CorruptFileError(
             f"tensor {name!r} ({list(t.shape)}, {t.dtype}) reaches element {hi} but its storage {key!r} holds "
@@ -410,23 +407,15 @@ _STORAGE_DTYPE = {**{k: d.name for k, d in dtypes.BY_STORAGE.items()}, "TypedSto
 
 def storage_ref(pid: Any, *, legacy: bool) -> StorageRef:
     """Decode a persistent id tuple into a StorageRef (validated, never trusted)."""
-    if not legacy and type(pid) is tuple and len(pid) == 5 and pid[0] == "storage":
-        # what torch.save writes, checked in one step (100k tensors: 100k of these); anything else the checks below
-        _, cls, key, location, numel = pid
-        dt = _STORAGE_DTYPE.get(cls.name) if isinstance(cls, DTypeOrStorage) else None
-        if dt is not None and type(key) is str and type(numel) is int and numel >= 0 and type(location) is str:
-            return StorageRef(key, dt, numel, location)
     if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
         raise CorruptFileError(f"unexpected persistent id {str(pid)[:80]}")
     want = 6 if legacy else 5
     if len(pid) != want:
         raise CorruptFileError(f"storage persistent id has {len(pid)} fields, expected {want}")
     cls, key, location, numel = pid[1], pid[2], pid[3], pid[4]
-    if not isinstance(cls, DTypeOrStorage) or (
-        cls.name not in dtypes.BY_STORAGE and cls.name not in ("UntypedStorage", "TypedStorage")
-    ):
+    dt = _STORAGE_DTYPE.get(cls.name) if isinstance(cls, DTypeOrStorage) else None
+    if dt is None:
         raise CorruptFileError(f"storage class {cls!r} is not a storage type")
-    dt = dtypes.BY_STORAGE.get(cls.name, dtypes.BY_NAME["uint8"]).name
     if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
         raise CorruptFileError("storage persistent id has a bad key or size")
     loc = location if isinstance(location, str) else str(location)
@@ -437,4 +426,4 @@ def storage_ref(pid: Any, *, legacy: bool) -> StorageRef:
         return StorageRef(
             key=str(view[0]), dtype=dt, numel=int(view[2]), location=loc, view_of=key, view_offset=view[1]
         )
-    return StorageRef(key=key, dtype=dt, numel=numel, location=loc)
+    return StorageRef(key, dt, numel, loc)

@@ -308,12 +308,12 @@ def read(src: Source, *, key: str | None = None) -> Checkpoint:
         off = data_at[e.index]
         if h[4] != 0 or h[3] & 0x61 or not ok[e.index] or off + h[8] > ar.size:
             off = _check_member(ar, e, path)  # deflated, encrypted, no local header, past the end: the checks say
-        if h[4] == 0:  # stored (ByteSource's fields in order: path, offset, nbytes, member, compressed, encoding,
-            # decoder, crc32)
-            bs = ByteSource(path, off, h[9], e.name, False, "raw", None, h[7])
-        else:
-            bs = ByteSource(path, off, h[9], e.name, True, "raw", Inflate(e.name, h[8]), h[7])
-        storages[k] = StorageInfo(k, ref.dtype, ref.numel, ref.location, bs)
+        stored = h[4] == 0  # (h: the fields e.size, e.comp_size and e.crc would each read again)
+        bs = ByteSource(
+            path=path, offset=off, nbytes=h[9], member=e.name, compressed=not stored,
+            decoder=None if stored else Inflate(e.name, h[8]), crc32=h[7],
+        )  # fmt: skip
+        storages[k] = StorageInfo(key=k, dtype=ref.dtype, numel=ref.numel, location=ref.location, source=bs)
 
     fmt = "torchscript" if torchscript else NAME
     meta: dict[str, Any] = {"archive_prefix": prefix.decode("utf-8", "replace"), "byteorder": byteorder}

@@ -1452,17 +1452,11 @@ class Interpreter:
                     resolved[gets] = got
             f, st, cls, loc, gg, deep, hooks_fast, rebuild_fast = got
             # the PUTs: n + 1, n + 2, ... in order
+            puts = (p_key, p_pid, p_size, p_stride, p_hooks, p_args, p_t)
             if p_size is None or p_stride is None:
-                puts = tuple(x for x in (p_key, p_pid, p_size, p_stride, p_hooks, p_args, p_t) if x is not None)
-                if not puts_follow(puts, n + 1):
-                    break
-            else:
-                joined = p_key + p_pid + p_size + p_stride + p_hooks + p_args + p_t
-                if len(joined) == 35:  # seven LONG_BINPUTs (past the first 256 entries): one unpack
-                    if _LONG_PUTS[7](joined) != tuple(range(n + 1, n + 8)):
-                        break
-                elif not puts_follow((p_key, p_pid, p_size, p_stride, p_hooks, p_args, p_t), n + 1):
-                    break
+                puts = tuple(x for x in puts if x is not None)
+            if not puts_follow(puts, n + 1):
+                break
             try:
                 skey = str(t_key[5:], "utf-8", "surrogatepass")  # as pickletools reads BINUNICODE
             except UnicodeDecodeError:

@@ -16,6 +16,7 @@ zip local header, every legacy storage count) call :func:`prefetch`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import IO, Any, Protocol
 
@@ -24,9 +25,16 @@ from .location import LocalLocation, Location, check_relative, open_location, op
 from .memory import MemorySource
 
 __all__ = [
-    "CHUNK", "LocalFile", "LocalLocation", "Location", "MemorySource", "Source", "check_relative", "open_location",
-    "open_source", "prefetch", "register_scheme",
+    "CHUNK", "LocalFile", "LocalLocation", "Location", "MemorySource", "Source", "check_relative", "loaded_remote",
+    "open_location", "open_source", "prefetch", "register_scheme",
 ]  # fmt: skip
+
+
+def loaded_remote() -> Any:
+    """The remote-source module (:mod:`.remote`) if this process has imported it, else None: then nothing was read
+    from a URL, and there is nothing to count, reset or clean up (importing it, with http.client and ssl, to
+    find that out cost every local command 25 ms)."""
+    return sys.modules.get(__name__ + ".remote")
 
 
 def _remote_location(url: str) -> Location:
