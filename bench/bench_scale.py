@@ -7,8 +7,9 @@
 1. The curve: a state_dict of N float32 tensors of 4 elements (torch zip, and the same as safetensors), for N in
    --counts. Routes: `ckptool inspect --json` against `torch.load(mmap=True)` + print(k, v.size()); `ckptool
    scan` (and `--no-values`) against `picklescan -p`; on safetensors, `ckptool inspect --json` / `scan`
-   against `safe_open` + print(k, shape) (and modelscan when it is installed). Per-tensor cost is the slope
-   between the smallest and the largest N.
+   against `safe_open` + print(k, shape) (and modelscan when it is installed). A reference line, the floor:
+   the standard library's zipfile, C unpickler and json on their own, trusting the file, printing the same
+   tensor rows as `inspect --json`. Per-tensor cost is the slope between the smallest and the largest N.
 2. A Llama-style layout: 32 layers x 9 tensors, bfloat16, hidden 1536, MLP 4096, vocab 32000 (~1.9 GB), with
    the output head tied to the embedding (one storage). Routes: inspect, export to safetensors (single file;
    sharded when `export --max-shard-size` exists), diff and scan, against torch.load + print, torch.load +
@@ -52,6 +53,25 @@ TORCH_DIFF = (
     "import sys, torch; from safetensors.torch import load_file\n"
     "a = torch.load(sys.argv[1], mmap=True, weights_only=True); b = load_file(sys.argv[2])\n"
     "assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)"
+)
+# The floor: what the standard library's C parsers cost on their own. It trusts the file (no check of any kind:
+# no allowlist but its own find_class, no guard, no CRC, no local header read) and prints what `inspect --json`
+# prints for each tensor. No reader that parses with them can be faster: a reference line, not a tool to use.
+TRUSTING_FLOOR = (
+    "import io, json, math, pickle, sys, zipfile\n"
+    "z = zipfile.ZipFile(sys.argv[1])\n"
+    "pkl = next(n for n in z.namelist() if n.endswith('/data.pkl'))\n"
+    "SIZE = {'FloatStorage': ('float32', 4), 'HalfStorage': ('float16', 2), 'BFloat16Storage': ('bfloat16', 2)}\n"
+    "class U(pickle.Unpickler):\n"
+    "    def find_class(self, module, name):\n"
+    "        if name == 'OrderedDict': return dict\n"
+    "        if name.endswith('Storage'): return SIZE[name]\n"
+    "        return lambda storage, offset, size, stride, *rest: (storage[1], size)\n"
+    "    def persistent_load(self, pid): return pid\n"
+    "sd = U(io.BytesIO(z.read(pkl))).load()\n"
+    "rows = [{'name': k, 'shape': list(s), 'dtype': d[0], 'numel': math.prod(s), 'nbytes': math.prod(s) * d[1]}\n"
+    "        for k, (d, s) in sd.items()]\n"
+    "print(json.dumps({'tensors': rows}))"
 )
 CK = [sys.executable, "-m", "ckptool"]
 
@@ -107,6 +127,7 @@ def curve(d: Path, counts: list[int], runs: int, only: list[str] | None = None) 
         routes = [
             ("ckptool inspect --json (zip)", [*CK, "inspect", "--json", str(pt)]),
             ("torch.load(mmap=True) + print", [sys.executable, "-c", TORCH_LIST, str(pt)]),
+            ("floor: zipfile + C pickle + json, trusting (zip)", [sys.executable, "-c", TRUSTING_FLOOR, str(pt)]),
             ("ckptool scan (zip)", [*CK, "scan", str(pt)]),
             ("ckptool scan --no-values (zip)", [*CK, "scan", "--no-values", str(pt)]),
         ]
@@ -129,6 +150,8 @@ def curve(d: Path, counts: list[int], runs: int, only: list[str] | None = None) 
         out.append(report(f"{n:,} tensors", ms, ms[0]))
         for a, b in (
             ("torch.load(mmap=True) + print", "ckptool inspect --json (zip)"),
+            ("torch.load(mmap=True) + print", "floor: zipfile + C pickle + json, trusting (zip)"),
+            ("floor: zipfile + C pickle + json, trusting (zip)", "ckptool inspect --json (zip)"),
             ("picklescan -p (zip)", "ckptool scan (zip)"),
             ("picklescan -p (zip)", "ckptool scan --no-values (zip)"),
             ("safe_open + print", "ckptool inspect --json (safetensors)"),
