@@ -8,8 +8,8 @@
    --counts. Routes: `ckptool inspect --json` against `torch.load(mmap=True)` + print(k, v.size()); `ckptool
    scan` (and `--no-values`) against `picklescan -p`; on safetensors, `ckptool inspect --json` / `scan`
    against `safe_open` + print(k, shape) (and modelscan when it is installed). A reference line, the floor:
-   the standard library's zipfile, C unpickler and json on their own, trusting the file, printing the same
-   tensor rows as `inspect --json`. Per-tensor cost is the slope between the smallest and the largest N.
+   the standard library's zipfile, C unpickler and json with no check at all, trusting the file, printing the
+   same tensor rows as `inspect --json`. Per-tensor cost is the slope between the smallest and the largest N.
 2. A Llama-style layout: 32 layers x 9 tensors, bfloat16, hidden 1536, MLP 4096, vocab 32000 (~1.9 GB), with
    the output head tied to the embedding (one storage). Routes: inspect, export to safetensors (single file;
    sharded when `export --max-shard-size` exists), diff and scan, against torch.load + print, torch.load +
@@ -54,9 +54,9 @@ TORCH_DIFF = (
     "a = torch.load(sys.argv[1], mmap=True, weights_only=True); b = load_file(sys.argv[2])\n"
     "assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)"
 )
-# The floor: what the standard library's C parsers cost on their own. It trusts the file (no check of any kind:
-# no allowlist but its own find_class, no guard, no CRC, no local header read) and prints what `inspect --json`
-# prints for each tensor. No reader that parses with them can be faster: a reference line, not a tool to use.
+# The floor: what listing a checkpoint costs with the standard library's parsers and no care at all. It trusts
+# the file (no check of any kind: no allowlist but its own find_class, no guard, no CRC, no local header read) and
+# prints what `inspect --json` prints for each tensor (tests/bench checks that). A reference line, not a tool to use.
 TRUSTING_FLOOR = (
     "import io, json, math, pickle, sys, zipfile\n"
     "z = zipfile.ZipFile(sys.argv[1])\n"
