@@ -7,9 +7,10 @@
 1. The curve: a state_dict of N float32 tensors of 4 elements (torch zip, and the same as safetensors), for N in
    --counts. Routes: `ckptool inspect --json` against `torch.load(mmap=True)` + print(k, v.size()); `ckptool
    scan` (and `--no-values`) against `picklescan -p`; on safetensors, `ckptool inspect --json` / `scan`
-   against `safe_open` + print(k, shape) (and modelscan when it is installed). A reference line, the floor:
-   the standard library's zipfile, C unpickler and json with no check at all, trusting the file, printing the
-   same tensor rows as `inspect --json`; and the same with ckptool's own zip directory reader for zipfile's. Per-tensor cost is the slope between the smallest and the largest N.
+   against `safe_open` + print(k, shape) (and modelscan when it is installed). Two reference lines, the
+   floors: the C unpickler and json with no check at all, trusting the file, printing the same tensor rows as
+   `inspect --json`, the pickle found by zipfile or by ckptool's own zip directory reader. Per-tensor cost is
+   the slope between the smallest and the largest N.
 2. A Llama-style layout: 32 layers x 9 tensors, bfloat16, hidden 1536, MLP 4096, vocab 32000 (~1.9 GB), with
    the output head tied to the embedding (one storage). Routes: inspect, export to safetensors (single file;
    sharded when `export --max-shard-size` exists), diff and scan, against torch.load + print, torch.load +
@@ -54,13 +55,12 @@ TORCH_DIFF = (
     "a = torch.load(sys.argv[1], mmap=True, weights_only=True); b = load_file(sys.argv[2])\n"
     "assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)"
 )
-# The floor: what listing a checkpoint costs with the standard library's parsers and no care at all. It trusts
-# the file (no check of any kind: no allowlist but its own find_class, no guard, no CRC, no local header read) and
-# prints what `inspect --json` prints for each tensor (tests/bench checks that). A reference line, not a tool to use.
-TRUSTING_FLOOR = (
-    "import io, json, math, pickle, sys, zipfile\n"
-    "z = zipfile.ZipFile(sys.argv[1])\n"
-    "pkl = next(n for n in z.namelist() if n.endswith('/data.pkl'))\n"
+# The floors: what listing a checkpoint costs with the C unpickler and no care at all. They trust the file (no
+# check of any kind: no allowlist but their own find_class, no guard, no CRC) and print what `inspect --json`
+# prints for each tensor (tests/bench checks that). Reference lines, not tools to use. The listing they share,
+# from `data`, the pickle's bytes:
+_TRUSTING_LIST = (
+    "import io, json, math, pickle\n"
     "SIZE = {'FloatStorage': ('float32', 4), 'HalfStorage': ('float16', 2), 'BFloat16Storage': ('bfloat16', 2)}\n"
     "class U(pickle.Unpickler):\n"
     "    def find_class(self, module, name):\n"
@@ -68,30 +68,25 @@ TRUSTING_FLOOR = (
     "        if name.endswith('Storage'): return SIZE[name]\n"
     "        return lambda storage, offset, size, stride, *rest: (storage[1], size)\n"
     "    def persistent_load(self, pid): return pid\n"
-    "sd = U(io.BytesIO(z.read(pkl))).load()\n"
+    "sd = U(io.BytesIO(data)).load()\n"
     "rows = [{'name': k, 'shape': list(s), 'dtype': d[0], 'numel': math.prod(s), 'nbytes': math.prod(s) * d[1]}\n"
     "        for k, (d, s) in sd.items()]\n"
     "print(json.dumps({'tensors': rows}))"
 )
-# The same with ckptool's own zip directory reader instead of zipfile's (Python code, and 5x slower at 100k
-# entries): still no check, the C unpickler with do-nothing callbacks, the same rows.
+# the pickle found by zipfile (whose directory reader is Python code)
+TRUSTING_FLOOR = (
+    "import sys, zipfile\n"
+    "z = zipfile.ZipFile(sys.argv[1])\n"
+    "data = z.read(next(n for n in z.namelist() if n.endswith('/data.pkl')))\n" + _TRUSTING_LIST
+)
+# the pickle found by ckptool's own zip directory reader (about 5x faster than zipfile's at 100k entries)
 TRUSTING_FLOOR_CKPT_DIR = (
-    "import io, json, math, pickle, struct, sys\n"
+    "import sys\n"
     "from ckptool.formats import _zipread\n"
     "from ckptool.sources import open_source\n"
     "src = open_source(sys.argv[1]); ar = _zipread.open_archive(src); e = ar.record('data.pkl')\n"
-    "buf = src.buffer(); at = e.h[16]; nl, el = struct.unpack_from('<HH', buf, at + 26); at += 30 + nl + el\n"
-    "SIZE = {'FloatStorage': ('float32', 4), 'HalfStorage': ('float16', 2), 'BFloat16Storage': ('bfloat16', 2)}\n"
-    "class U(pickle.Unpickler):\n"
-    "    def find_class(self, module, name):\n"
-    "        if name == 'OrderedDict': return dict\n"
-    "        if name.endswith('Storage'): return SIZE[name]\n"
-    "        return lambda storage, offset, size, stride, *rest: (storage[1], size)\n"
-    "    def persistent_load(self, pid): return pid\n"
-    "sd = U(io.BytesIO(buf[at : at + e.size])).load()\n"
-    "rows = [{'name': k, 'shape': list(s), 'dtype': d[0], 'numel': math.prod(s), 'nbytes': math.prod(s) * d[1]}\n"
-    "        for k, (d, s) in sd.items()]\n"
-    "print(json.dumps({'tensors': rows}))"
+    "lh = ar.local_header(e); at = e.header_offset + _zipread.LDH_SIZE + lh[9] + lh[10]\n"
+    "data = src.buffer()[at : at + e.size]\n" + _TRUSTING_LIST
 )
 CK = [sys.executable, "-m", "ckptool"]
 
